@@ -1,0 +1,47 @@
+# ticketbot: `make run` starts the bot on the embedded default; `make test` runs lint, types and the whole suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PACKAGES := core storage intake bot
+
+.PHONY: run test lint typecheck pytest services bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The stamps re-install when pyproject.toml changes.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/ticketbot db upgrade
+	$(BIN)/ticketbot run
+
+# System services the tests talk to: PostgreSQL (started if installed but down) and Dovecot (installed if missing).
+services:
+	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-dovecot.sh
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy --strict $(PACKAGES)
+
+pytest: $(VENV)/.installed-dev services
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/classify.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,238 @@
+"""Process stage: the one place that knows the order (decode, loop check, thread, classify, route, reply)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from core.classify.base import Classifier
+from core.errors import InvalidInput, MalformedMessage, NotFound
+from core.inbound import InboundStatus, StoredInbound
+from core.message import Channel, Message
+from core.outbox import OutboxItem
+from core.ports import Store, TicketDraft
+from core.reply import ReplySettings, acknowledgements, channel_post, status_notifications
+from core.route import Router
+from core.ticket import Status, Ticket
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[StoredInbound], Message]
+Clock = Callable[[], datetime]
+
+SUBJECT_TAG = re.compile(r"\[#(\d{1,12})\]")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing one inbound message did."""
+
+    status: InboundStatus
+    ticket: Ticket | None = None
+    created: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class Pipeline:
+    """Message -> thread or Ticket -> Classification -> Route -> replies; collaborators come in by constructor."""
+
+    store: Store
+    classifier: Classifier
+    router: Router
+    replies: ReplySettings
+    decoders: Mapping[Channel, Decoder] = field(default_factory=dict)
+    reopen_window: timedelta = timedelta(days=14)
+    max_auto_replies_per_hour: int = 5
+    max_auto_replies_per_day: int = 20
+    clock: Clock = utcnow
+
+    def process(self, inbound: StoredInbound) -> Outcome:
+        """Turn one stored inbound message into a ticket or a follow-up; parks what needs a person.
+
+        Raises:
+            TicketbotError: a transient failure (storage); the worker counts the attempt and retries.
+        """
+        try:
+            message = self.decode(inbound)
+        except MalformedMessage as exc:
+            self.store.finish_inbound(inbound.id, status=InboundStatus.PARKED, reason=f"malformed: {exc}")
+            return Outcome(InboundStatus.PARKED, reason=f"malformed: {exc}")
+        return self.handle(message, inbound_id=inbound.id)
+
+    def decode(self, inbound: StoredInbound) -> Message:
+        decoder = self.decoders.get(inbound.channel)
+        if decoder is None:
+            if inbound.channel in (Channel.CLI, Channel.API):
+                return message_from_json(inbound)
+            raise MalformedMessage(f"no decoder for channel {inbound.channel}")
+        return decoder(inbound)
+
+    def handle(self, message: Message, *, inbound_id: int | None = None) -> Outcome:
+        if message.auto_reason == "own-mail":
+            # Our own mail fed back in (a loop): record nothing, answer nothing.
+            if inbound_id is not None:
+                self.store.finish_inbound(inbound_id, status=InboundStatus.IGNORED, reason="our own mail")
+            return Outcome(InboundStatus.IGNORED, reason="our own mail")
+
+        existing = self.thread(message)
+        if existing is not None:
+            return self.follow_up(message, existing, inbound_id)
+
+        if message.park_reason or message.auto_reason:
+            # Outsiders, spam and unthreaded robots (out-of-office, bounces for unknown mail, lists)
+            # wait for a person instead of opening tickets that would never be answered.
+            reason = message.park_reason or f"automated: {message.auto_reason}"
+            if inbound_id is not None:
+                self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=reason)
+            return Outcome(InboundStatus.PARKED, reason=reason)
+
+        if not message.text.strip():
+            raise_empty = "empty request: no subject and no text"
+            if inbound_id is not None:
+                self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=raise_empty)
+            return Outcome(InboundStatus.PARKED, reason=raise_empty)
+
+        classification = self.classifier.classify(message.subject, message.body)
+        route = self.router.route(classification)
+        draft = TicketDraft(
+            subject=message.subject.strip() or first_line(message.body),
+            body=message.full_body or message.body,
+            requester=message.sender,
+            requester_name=message.sender_name,
+            channel=message.channel,
+            classification=classification,
+            route=route,
+            received_at=message.received_at,
+            message_refs=(message.source_id,) if message.channel is Channel.EMAIL and message.source_id else (),
+        )
+
+        # Asked before the transaction: compose runs inside it and must not open another.
+        may_mail = self.may_auto_reply(message.sender)
+
+        def compose(ticket: Ticket) -> list[OutboxItem]:
+            return only_allowed(acknowledgements(ticket, message, self.replies), may_mail)
+
+        ticket = self.store.open_ticket(inbound_id, draft, compose)
+        log.info("ticket #%d from %s → %s (%s, %.0f%%, %s)", ticket.id, message.channel, ticket.department,
+                 ticket.priority, ticket.confidence * 100, ticket.classifier)
+        return Outcome(InboundStatus.PROCESSED, ticket=ticket, created=True)
+
+    def thread(self, message: Message) -> Ticket | None:
+        """The existing ticket this message follows up, if any (references first, then a requester's tag)."""
+        if message.thread_refs:
+            ticket_id = self.store.find_ticket_by_refs(message.thread_refs)
+            if ticket_id is not None:
+                return self.store.get_ticket(ticket_id)
+        tagged = message.subject_ticket_id
+        if tagged is None:
+            match = SUBJECT_TAG.search(message.subject)
+            tagged = int(match.group(1)) if match else None
+        if tagged is not None:
+            ticket = self.store.get_ticket(tagged)
+            # A tag alone proves nothing: only the requester may add to a ticket by tag (anti-hijack).
+            if ticket is not None and ticket.requester.lower() == message.sender.lower():
+                return ticket
+        return None
+
+    def follow_up(self, message: Message, ticket: Ticket, inbound_id: int | None) -> Outcome:
+        now = self.clock()
+        done = not ticket.status.is_open
+        recent = ticket.resolved_at is None or now - ticket.resolved_at <= self.reopen_window
+        # Robots (out-of-office, bounces) leave a note but never reopen a ticket.
+        reopen = done and recent and message.auto_reason is None
+        text = message.body if message.body.strip() else message.full_body
+
+        def compose(updated: Ticket) -> list[OutboxItem]:
+            post = channel_post(updated, self.replies, event=f"comment-{message.source_id or now.timestamp()}")
+            return [post] if post is not None else []
+
+        refs = (message.source_id,) if message.channel is Channel.EMAIL and message.source_id else ()
+        updated = self.store.add_comment(
+            inbound_id,
+            ticket.id,
+            actor=message.sender,
+            text=text,
+            reopen=reopen,
+            message_refs=refs,
+            compose=compose,
+            automated=message.auto_reason is not None,
+        )
+        log.info("follow-up on #%d from %s%s", ticket.id, message.sender, " (reopened)" if reopen else "")
+        return Outcome(InboundStatus.PROCESSED, ticket=updated, created=False)
+
+    def may_auto_reply(self, recipient: str) -> bool:
+        """False when ``recipient`` already had too many automatic mails: loop detection is never complete."""
+        now = self.clock()
+        hour = self.store.count_auto_replies(recipient, since=now - timedelta(hours=1))
+        day = self.store.count_auto_replies(recipient, since=now - timedelta(days=1))
+        if hour >= self.max_auto_replies_per_hour or day >= self.max_auto_replies_per_day:
+            log.warning("not mailing %s: automatic reply limit reached (%d/h, %d/day)", recipient, hour, day)
+            return False
+        return True
+
+    # -- changes made by people (CLI, Slack, API) -------------------------------------------------
+
+    def change_status(self, ticket_id: int, status: Status, *, actor: str, note: str | None = None) -> Ticket:
+        current = self.store.get_ticket(ticket_id)
+        if current is None:
+            raise NotFound(f"no ticket #{ticket_id}")
+        may_mail = self.may_auto_reply(current.requester)
+
+        def compose(ticket: Ticket) -> list[OutboxItem]:
+            items = status_notifications(ticket, self.replies, note=note, last_message_id=None)
+            post = channel_post(ticket, self.replies, event=f"status-{status.value}-{self.clock().timestamp()}")
+            return only_allowed(items, may_mail) + ([post] if post else [])
+
+        return self.store.change_status(ticket_id, status, actor=actor, note=note, compose=compose)
+
+    def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None = None) -> Ticket:
+        canonical = self.router.canonical(department)
+        if canonical is None:
+            raise InvalidInput(f"unknown department {department!r}; choose one of: {', '.join(self.router.departments)}")
+
+        def compose(ticket: Ticket) -> list[OutboxItem]:
+            post = channel_post(ticket, self.replies, event=f"rerouted-{self.clock().timestamp()}")
+            return [post] if post else []
+
+        return self.store.reroute(ticket_id, canonical, actor=actor, note=note, compose=compose)
+
+
+def only_allowed(items: list[OutboxItem], may_mail: bool) -> list[OutboxItem]:
+    """Drop the mail items when the recipient is over the automatic-reply limit; posts are unaffected."""
+    return items if may_mail else [i for i in items if "to" not in i.payload]
+
+
+def first_line(text: str, limit: int = 120) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return "(no subject)"
+
+
+def message_from_json(inbound: StoredInbound) -> Message:
+    """Decode a CLI or API submission: a JSON object with sender, subject, body (and optional sender_name)."""
+    try:
+        data: Any = json.loads(inbound.payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"not a JSON object: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("sender"), str):
+        raise MalformedMessage("a submission needs at least a 'sender' string")
+    return Message(
+        channel=inbound.channel,
+        source_id=inbound.dedupe_key,
+        sender=data["sender"],
+        sender_name=str(data.get("sender_name") or ""),
+        subject=str(data.get("subject") or ""),
+        body=str(data.get("body") or ""),
+        received_at=inbound.received_at,
+    )

@@ -1,0 +1,134 @@
+"""Ports between the core and its adapters: what the pipeline needs from storage, as Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from core.classify.base import Classification
+from core.inbound import InboundRecord, InboundStatus, Received, StoredInbound
+from core.message import Channel
+from core.outbox import OutboxItem, OutboxStore
+from core.route import Route
+from core.ticket import Priority, Status, Ticket, TicketEvent
+
+# Called inside the store's transaction once the ticket has its id, so replies can quote it.
+ComposeReplies = Callable[[Ticket], Sequence[OutboxItem]]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketDraft:
+    """Everything needed to create a ticket; the store assigns id and timestamps."""
+
+    subject: str
+    body: str
+    requester: str
+    requester_name: str
+    channel: Channel
+    classification: Classification
+    route: Route
+    received_at: datetime
+    message_refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TicketFilter:
+    department: str | None = None
+    status: Status | None = None
+    requester: str | None = None
+    open_only: bool = False
+    limit: int = 50
+
+
+class InboundStore(Protocol):
+    """Durable intake: what channel adapters and the processor need."""
+
+    def receive(self, record: InboundRecord) -> Received:
+        """Commit a raw inbound message; ``created=False`` when its dedupe key (or IMAP uid) is already stored."""
+        ...
+
+    def claim_inbound(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredInbound]:
+        """Claim received rows for processing; a claimed row is invisible to others until its lease expires."""
+        ...
+
+    def claim_inbound_by_id(self, inbound_id: int, *, now: datetime, lease: timedelta) -> StoredInbound | None:
+        """Claim one received row (the CLI processes its own submission at once); None if not claimable."""
+        ...
+
+    def get_inbound(self, inbound_id: int) -> StoredInbound | None: ...
+
+    def list_inbound(self, *, status: InboundStatus | None, limit: int) -> list[StoredInbound]: ...
+
+    def finish_inbound(
+        self, inbound_id: int, *, status: InboundStatus, reason: str | None = None, ticket_id: int | None = None
+    ) -> None:
+        """Mark a row processed, ignored or parked (with the reason a person will read)."""
+        ...
+
+    def fail_inbound(self, inbound_id: int, *, error: str, max_attempts: int, now: datetime) -> InboundStatus:
+        """Count a failed processing attempt; parks the row at ``max_attempts``. Returns the new status."""
+        ...
+
+    def retry_inbound(self, inbound_id: int) -> StoredInbound:
+        """Put a parked or ignored row back to received with zero attempts. Raises NotFound."""
+        ...
+
+
+class TicketStore(Protocol):
+    """Tickets, their events and the outbox items each change enqueues, committed together."""
+
+    def open_ticket(self, inbound_id: int | None, draft: TicketDraft, compose: ComposeReplies) -> Ticket:
+        """Create a ticket with its created/classified/routed events and replies, and finish the inbound row,
+        in one transaction."""
+        ...
+
+    def add_comment(
+        self,
+        inbound_id: int | None,
+        ticket_id: int,
+        *,
+        actor: str,
+        text: str,
+        reopen: bool,
+        message_refs: Sequence[str],
+        compose: ComposeReplies,
+        automated: bool = False,
+    ) -> Ticket:
+        """Append a follow-up comment (reopening a done ticket if asked) and finish the inbound row."""
+        ...
+
+    def get_ticket(self, ticket_id: int) -> Ticket | None: ...
+
+    def list_tickets(self, flt: TicketFilter) -> list[Ticket]: ...
+
+    def ticket_events(self, ticket_id: int) -> list[TicketEvent]: ...
+
+    def find_ticket_by_refs(self, refs: Sequence[str]) -> int | None:
+        """The ticket any of these Message-IDs (inbound or sent by us) belongs to, newest ref first."""
+        ...
+
+    def change_status(
+        self, ticket_id: int, status: Status, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket:
+        """Set the status and record an event. Raises NotFound."""
+        ...
+
+    def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies) -> Ticket:
+        """Move a ticket to another department and record a rerouted event (a correction). Raises NotFound."""
+        ...
+
+    def set_priority(
+        self, ticket_id: int, priority: Priority, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket: ...
+
+    def assign(self, ticket_id: int, assignee: str | None, *, actor: str, compose: ComposeReplies) -> Ticket: ...
+
+    def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
+        """How many automatic mails went (or are queued) to ``recipient`` since ``since``: the loop guard."""
+        ...
+
+
+class Store(InboundStore, TicketStore, OutboxStore, Protocol):
+    """The whole storage port, as one object implements it."""

@@ -1,0 +1,42 @@
+"""Process stage driver: claims stored inbound messages and runs each through the Pipeline, isolating failures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.inbound import InboundStatus, StoredInbound
+from core.pipeline import Outcome, Pipeline
+from core.ports import InboundStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InboundWorker:
+    """Runs received inbound rows through the pipeline; a row that keeps failing is parked, never retried forever."""
+
+    store: InboundStore
+    pipeline: Pipeline
+    max_attempts: int = 3
+    batch_size: int = 20
+    lease: timedelta = timedelta(minutes=2)
+
+    def run_once(self, now: datetime) -> int:
+        rows = self.store.claim_inbound(now=now, limit=self.batch_size, lease=self.lease)
+        for row in rows:
+            self.process(row, now)
+        return len(rows)
+
+    def process(self, row: StoredInbound, now: datetime) -> Outcome | None:
+        try:
+            return self.pipeline.process(row)
+        except Exception as exc:  # noqa: BLE001 - poison-message isolation: one bad row must not stop the others
+            log.exception("inbound %d (%s) failed on attempt %d", row.id, row.channel, row.attempts + 1)
+            status = self.store.fail_inbound(
+                row.id, error=f"{type(exc).__name__}: {exc}", max_attempts=self.max_attempts, now=now
+            )
+            if status is InboundStatus.PARKED:
+                log.warning("inbound %d parked after %d attempts", row.id, self.max_attempts)
+            return None

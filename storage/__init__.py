@@ -1,0 +1,1 @@
+"""Storage adapter: SQLAlchemy tables and the SqlStore implementing the core's storage ports."""

@@ -1,0 +1,687 @@
+"""Storage adapter: SqlStore implements the core's storage ports; rows never leave this module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import NotFound, StorageError
+from core.inbound import InboundRecord, InboundStatus, Received, StoredInbound
+from core.message import Channel
+from core.outbox import OutboxItem, OutboxKind, OutboxStatus, StoredOutboxItem
+from core.ports import ComposeReplies, TicketDraft, TicketFilter
+from core.ticket import EventKind, Priority, Status, Ticket, TicketEvent
+from storage.tables import (
+    InboundRow,
+    LeaseRow,
+    MailboxStateRow,
+    MessageRefRow,
+    OutboxRow,
+    TicketEventRow,
+    TicketRow,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlStore:
+    """The whole storage port on SQLite or PostgreSQL; each public method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._pg = engine.dialect.name == "postgresql"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        """A session in a transaction; database errors become StorageError at this edge."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except (OperationalError, IntegrityError) as exc:
+            raise StorageError(f"database error: {exc.orig or exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {exc}") from exc
+        finally:
+            session.close()
+
+    def _insert(self, table: Any) -> Any:
+        return (postgresql.insert if self._pg else sqlite.insert)(table)
+
+    def _lock(self, stmt: Any) -> Any:
+        # PostgreSQL: concurrent workers skip each other's rows. SQLite: BEGIN IMMEDIATE already serialises.
+        return stmt.with_for_update(skip_locked=True) if self._pg else stmt
+
+    def ping(self) -> None:
+        with self._tx() as s:
+            s.execute(select(1))
+
+    # -- inbound ----------------------------------------------------------------------------------
+
+    def receive(self, record: InboundRecord) -> Received:
+        now = _now()
+        values = {
+            "channel": record.channel.value,
+            "dedupe_key": record.dedupe_key,
+            "message_id": record.message_id[:998] if record.message_id else None,
+            "mailbox": record.mailbox,
+            "uidvalidity": record.uidvalidity,
+            "uid": record.uid,
+            "trigger_id": record.trigger_id,
+            "event_id": record.event_id,
+            "payload": record.payload,
+            "size": len(record.payload),
+            "received_at": record.received_at,
+            "status": record.status.value,
+            "attempts": 0,
+            "last_error": record.last_error,
+            "updated_at": now,
+        }
+        with self._tx() as s:
+            row_id = s.execute(
+                self._insert(InboundRow).values(**values).on_conflict_do_nothing().returning(InboundRow.id)
+            ).scalar_one_or_none()
+            if row_id is not None:
+                return Received(row_id, created=True)
+            match = [InboundRow.dedupe_key == record.dedupe_key]
+            if record.mailbox is not None and record.uid is not None:
+                match.append(
+                    and_(
+                        InboundRow.mailbox == record.mailbox,
+                        InboundRow.uidvalidity == record.uidvalidity,
+                        InboundRow.uid == record.uid,
+                    )
+                )
+            existing = s.execute(select(InboundRow.id, InboundRow.ticket_id).where(or_(*match)).limit(1)).one()
+            return Received(existing.id, created=False, ticket_id=existing.ticket_id)
+
+    def claim_inbound(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredInbound]:
+        with self._tx() as s:
+            rows = (
+                s.execute(
+                    self._lock(
+                        select(InboundRow)
+                        .where(
+                            InboundRow.status == InboundStatus.RECEIVED.value,
+                            or_(InboundRow.locked_until.is_(None), InboundRow.locked_until < now),
+                        )
+                        .order_by(InboundRow.id)
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for row in rows:
+                row.locked_until = now + lease
+            return [self._inbound(r) for r in rows]
+
+    def claim_inbound_by_id(self, inbound_id: int, *, now: datetime, lease: timedelta) -> StoredInbound | None:
+        with self._tx() as s:
+            row = s.execute(
+                self._lock(
+                    select(InboundRow).where(
+                        InboundRow.id == inbound_id,
+                        InboundRow.status == InboundStatus.RECEIVED.value,
+                        or_(InboundRow.locked_until.is_(None), InboundRow.locked_until < now),
+                    )
+                )
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            row.locked_until = now + lease
+            return self._inbound(row)
+
+    def get_inbound(self, inbound_id: int) -> StoredInbound | None:
+        with self._tx() as s:
+            row = s.get(InboundRow, inbound_id)
+            return self._inbound(row) if row else None
+
+    def list_inbound(self, *, status: InboundStatus | None, limit: int) -> list[StoredInbound]:
+        with self._tx() as s:
+            stmt = select(InboundRow).order_by(InboundRow.id.desc()).limit(limit)
+            if status is not None:
+                stmt = stmt.where(InboundRow.status == status.value)
+            return [self._inbound(r) for r in s.execute(stmt).scalars()]
+
+    def finish_inbound(
+        self, inbound_id: int, *, status: InboundStatus, reason: str | None = None, ticket_id: int | None = None
+    ) -> None:
+        with self._tx() as s:
+            self._finish(s, inbound_id, status=status, reason=reason, ticket_id=ticket_id)
+
+    def _finish(
+        self, s: Session, inbound_id: int, *, status: InboundStatus, reason: str | None, ticket_id: int | None
+    ) -> None:
+        s.execute(
+            update(InboundRow)
+            .where(InboundRow.id == inbound_id)
+            .values(status=status.value, last_error=reason, ticket_id=ticket_id, locked_until=None, updated_at=_now())
+        )
+
+    def fail_inbound(self, inbound_id: int, *, error: str, max_attempts: int, now: datetime) -> InboundStatus:
+        with self._tx() as s:
+            row = s.get(InboundRow, inbound_id)
+            if row is None:
+                raise NotFound(f"no inbound message {inbound_id}")
+            row.attempts += 1
+            row.last_error = error[:4000]
+            row.locked_until = None
+            row.updated_at = now
+            if row.attempts >= max_attempts:
+                row.status = InboundStatus.PARKED.value
+            return InboundStatus(row.status)
+
+    def retry_inbound(self, inbound_id: int) -> StoredInbound:
+        with self._tx() as s:
+            row = s.get(InboundRow, inbound_id)
+            if row is None:
+                raise NotFound(f"no inbound message {inbound_id}")
+            if row.status == InboundStatus.PROCESSED.value:
+                raise NotFound(f"inbound message {inbound_id} was already processed (ticket #{row.ticket_id})")
+            row.status = InboundStatus.RECEIVED.value
+            row.attempts = 0
+            row.locked_until = None
+            row.updated_at = _now()
+            return self._inbound(row)
+
+    def inbound_counts(self) -> dict[str, int]:
+        with self._tx() as s:
+            return {
+                status: count
+                for status, count in s.execute(
+                    select(InboundRow.status, func.count()).group_by(InboundRow.status)
+                ).all()
+            }
+
+    @staticmethod
+    def _inbound(row: InboundRow) -> StoredInbound:
+        return StoredInbound(
+            id=row.id,
+            channel=Channel(row.channel),
+            dedupe_key=row.dedupe_key,
+            payload=row.payload,
+            received_at=row.received_at,
+            status=InboundStatus(row.status),
+            attempts=row.attempts,
+            message_id=row.message_id,
+            last_error=row.last_error,
+            ticket_id=row.ticket_id,
+            mailbox=row.mailbox,
+            uid=row.uid,
+        )
+
+    # -- tickets ----------------------------------------------------------------------------------
+
+    def open_ticket(self, inbound_id: int | None, draft: TicketDraft, compose: ComposeReplies) -> Ticket:
+        now = _now()
+        c = draft.classification
+        with self._tx() as s:
+            if inbound_id is not None:
+                # A second worker (or a crash and retry) may have finished this row already: one ticket per request.
+                done = s.execute(
+                    select(InboundRow.ticket_id).where(
+                        InboundRow.id == inbound_id, InboundRow.status == InboundStatus.PROCESSED.value
+                    )
+                ).scalar_one_or_none()
+                if done is not None:
+                    existing = s.get(TicketRow, done)
+                    if existing is not None:
+                        return self._ticket(existing)
+            row = TicketRow(
+                inbound_id=inbound_id,
+                subject=draft.subject[:2000],
+                body=draft.body,
+                requester=draft.requester[:320],
+                requester_name=draft.requester_name[:200],
+                channel=draft.channel.value,
+                department=draft.route.department,
+                priority=c.priority.value,
+                status=Status.NEW.value,
+                confidence=float(c.confidence),
+                summary=c.summary,
+                classifier=c.classifier,
+                classifier_model=c.model,
+                classify_ms=c.latency_ms,
+                tokens_in=c.tokens_in,
+                tokens_out=c.tokens_out,
+                triaged=draft.route.triaged,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            self._event(s, row.id, EventKind.CREATED, draft.requester, now, {"channel": draft.channel.value})
+            self._event(
+                s,
+                row.id,
+                EventKind.CLASSIFIED,
+                f"classifier:{c.classifier}",
+                now,
+                {
+                    "department": c.department,
+                    "priority": c.priority.value,
+                    "confidence": round(c.confidence, 4),
+                    "model": c.model,
+                    "latency_ms": c.latency_ms,
+                    "tokens_in": c.tokens_in,
+                    "tokens_out": c.tokens_out,
+                    "fallback_reason": c.fallback_reason,
+                },
+            )
+            self._event(
+                s,
+                row.id,
+                EventKind.ROUTED,
+                "router",
+                now,
+                {"to": draft.route.department, "triaged": draft.route.triaged, "reason": draft.route.reason},
+            )
+            for ref in draft.message_refs:
+                self._add_ref(s, ref, row.id, "in", now)
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            if inbound_id is not None:
+                self._finish(s, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=row.id)
+            return ticket
+
+    def add_comment(
+        self,
+        inbound_id: int | None,
+        ticket_id: int,
+        *,
+        actor: str,
+        text: str,
+        reopen: bool,
+        message_refs: Sequence[str],
+        compose: ComposeReplies,
+        automated: bool = False,
+    ) -> Ticket:
+        now = _now()
+        with self._tx() as s:
+            row = self._get_row(s, ticket_id)
+            self._event(s, ticket_id, EventKind.COMMENT, actor, now, {"text": text, "automated": automated})
+            if reopen and not Status(row.status).is_open:
+                self._event(s, ticket_id, EventKind.STATUS, actor, now, {"from": row.status, "to": "new", "why": "reply"})
+                row.status = Status.NEW.value
+                row.resolved_at = None
+            row.updated_at = now
+            for ref in message_refs:
+                self._add_ref(s, ref, ticket_id, "in", now)
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            if inbound_id is not None:
+                self._finish(s, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
+            return ticket
+
+    def get_ticket(self, ticket_id: int) -> Ticket | None:
+        with self._tx() as s:
+            row = s.get(TicketRow, ticket_id)
+            return self._ticket(row) if row else None
+
+    def list_tickets(self, flt: TicketFilter) -> list[Ticket]:
+        stmt = select(TicketRow).order_by(TicketRow.id.desc()).limit(flt.limit)
+        if flt.department:
+            stmt = stmt.where(TicketRow.department == flt.department)
+        if flt.status:
+            stmt = stmt.where(TicketRow.status == flt.status.value)
+        if flt.requester:
+            stmt = stmt.where(TicketRow.requester == flt.requester)
+        if flt.open_only:
+            stmt = stmt.where(TicketRow.status.in_([s.value for s in Status if s.is_open]))
+        with self._tx() as s:
+            return [self._ticket(r) for r in s.execute(stmt).scalars()]
+
+    def ticket_events(self, ticket_id: int) -> list[TicketEvent]:
+        with self._tx() as s:
+            rows = s.execute(
+                select(TicketEventRow).where(TicketEventRow.ticket_id == ticket_id).order_by(TicketEventRow.id)
+            ).scalars()
+            return [
+                TicketEvent(ticket_id=r.ticket_id, kind=EventKind(r.kind), actor=r.actor, at=r.at, data=r.data, id=r.id)
+                for r in rows
+            ]
+
+    def find_ticket_by_refs(self, refs: Sequence[str]) -> int | None:
+        wanted = [r[:998] for r in refs if r]
+        if not wanted:
+            return None
+        with self._tx() as s:
+            found = dict(
+                s.execute(
+                    select(MessageRefRow.message_id, MessageRefRow.ticket_id).where(MessageRefRow.message_id.in_(wanted))
+                ).all()
+            )
+        for ref in wanted:  # refs come newest first: the most recent match wins
+            if ref in found:
+                return found[ref]
+        return None
+
+    def change_status(
+        self, ticket_id: int, status: Status, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket:
+        now = _now()
+        with self._tx() as s:
+            row = self._get_row(s, ticket_id)
+            old = row.status
+            if old == status.value:
+                return self._ticket(row)
+            row.status = status.value
+            row.updated_at = now
+            if row.first_action_at is None:
+                row.first_action_at = now
+            if status in (Status.RESOLVED, Status.CLOSED):
+                row.resolved_at = row.resolved_at or now
+            else:
+                row.resolved_at = None
+            self._event(s, ticket_id, EventKind.STATUS, actor, now, {"from": old, "to": status.value, "note": note})
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            return ticket
+
+    def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies) -> Ticket:
+        now = _now()
+        with self._tx() as s:
+            row = self._get_row(s, ticket_id)
+            old = row.department
+            if old == department:
+                return self._ticket(row)
+            row.department = department
+            row.triaged = False
+            row.updated_at = now
+            if row.first_action_at is None:
+                row.first_action_at = now
+            self._event(
+                s,
+                ticket_id,
+                EventKind.REROUTED,
+                actor,
+                now,
+                {"from": old, "to": department, "note": note, "classifier": row.classifier},
+            )
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            return ticket
+
+    def set_priority(
+        self, ticket_id: int, priority: Priority, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket:
+        now = _now()
+        with self._tx() as s:
+            row = self._get_row(s, ticket_id)
+            old = row.priority
+            if old == priority.value:
+                return self._ticket(row)
+            row.priority = priority.value
+            row.updated_at = now
+            self._event(s, ticket_id, EventKind.PRIORITY, actor, now, {"from": old, "to": priority.value, "note": note})
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            return ticket
+
+    def assign(self, ticket_id: int, assignee: str | None, *, actor: str, compose: ComposeReplies) -> Ticket:
+        now = _now()
+        with self._tx() as s:
+            row = self._get_row(s, ticket_id)
+            old = row.assignee
+            row.assignee = assignee
+            row.updated_at = now
+            if row.first_action_at is None:
+                row.first_action_at = now
+            self._event(s, ticket_id, EventKind.ASSIGNED, actor, now, {"from": old, "to": assignee})
+            ticket = self._ticket(row)
+            self._enqueue(s, compose(ticket), now)
+            return ticket
+
+    def corrections(self, limit: int | None = None) -> list[tuple[int, str, str, str]]:
+        """(ticket id, subject, body, corrected department) for every ticket a person rerouted, latest wins."""
+        with self._tx() as s:
+            latest = (
+                select(TicketEventRow.ticket_id, func.max(TicketEventRow.id).label("event_id"))
+                .where(TicketEventRow.kind == EventKind.REROUTED.value)
+                .group_by(TicketEventRow.ticket_id)
+                .subquery()
+            )
+            stmt = (
+                select(TicketRow.id, TicketRow.subject, TicketRow.body, TicketRow.department)
+                .join(latest, latest.c.ticket_id == TicketRow.id)
+                .order_by(TicketRow.id)
+            )
+            if limit:
+                stmt = stmt.limit(limit)
+            return [(r.id, r.subject, r.body, r.department) for r in s.execute(stmt).all()]
+
+    def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
+        with self._tx() as s:
+            return int(
+                s.execute(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(
+                        OutboxRow.recipient == recipient.lower(),
+                        OutboxRow.kind == OutboxKind.EMAIL.value,
+                        OutboxRow.created_at >= since,
+                    )
+                ).scalar_one()
+            )
+
+    def _get_row(self, s: Session, ticket_id: int) -> TicketRow:
+        row = s.execute(self._lock(select(TicketRow).where(TicketRow.id == ticket_id))).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"no ticket #{ticket_id}")
+        return row
+
+    @staticmethod
+    def _event(s: Session, ticket_id: int, kind: EventKind, actor: str, at: datetime, data: dict[str, Any]) -> None:
+        s.add(TicketEventRow(ticket_id=ticket_id, kind=kind.value, actor=actor[:320], data=data, at=at))
+
+    def _add_ref(self, s: Session, ref: str, ticket_id: int, direction: str, now: datetime) -> None:
+        s.execute(
+            self._insert(MessageRefRow)
+            .values(message_id=ref[:998], ticket_id=ticket_id, direction=direction, created_at=now)
+            .on_conflict_do_nothing()
+        )
+
+    @staticmethod
+    def _ticket(row: TicketRow) -> Ticket:
+        return Ticket(
+            id=row.id,
+            subject=row.subject,
+            body=row.body,
+            requester=row.requester,
+            requester_name=row.requester_name,
+            channel=Channel(row.channel),
+            department=row.department,
+            priority=Priority(row.priority),
+            status=Status(row.status),
+            confidence=row.confidence,
+            summary=row.summary,
+            classifier=row.classifier,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            assignee=row.assignee,
+            resolved_at=row.resolved_at,
+            triaged=row.triaged,
+            classifier_model=row.classifier_model,
+            classify_ms=row.classify_ms,
+            tokens_in=row.tokens_in,
+            tokens_out=row.tokens_out,
+        )
+
+    # -- outbox -----------------------------------------------------------------------------------
+
+    def enqueue(self, items: Sequence[OutboxItem]) -> None:
+        with self._tx() as s:
+            self._enqueue(s, items, _now())
+
+    def _enqueue(self, s: Session, items: Sequence[OutboxItem], now: datetime) -> None:
+        for item in items:
+            to = item.payload.get("to")
+            inserted = s.execute(
+                self._insert(OutboxRow)
+                .values(
+                    kind=item.kind.value,
+                    ticket_id=item.ticket_id,
+                    dedupe_key=item.dedupe_key[:300],
+                    payload=item.payload,
+                    recipient=to.lower() if isinstance(to, str) else None,
+                    status=OutboxStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing()
+                .returning(OutboxRow.id)
+            ).scalar_one_or_none()
+            message_id = item.payload.get("message_id")
+            if inserted is not None and item.ticket_id is not None and isinstance(message_id, str):
+                # Record our own Message-ID now, so a reply threads even if it beats our "sent" mark.
+                self._add_ref(s, message_id, item.ticket_id, "out", now)
+
+    def claim_due_outbox(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredOutboxItem]:
+        with self._tx() as s:
+            rows = (
+                s.execute(
+                    self._lock(
+                        select(OutboxRow)
+                        .where(
+                            OutboxRow.status == OutboxStatus.PENDING.value,
+                            OutboxRow.next_attempt_at <= now,
+                            or_(OutboxRow.locked_until.is_(None), OutboxRow.locked_until < now),
+                        )
+                        .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for row in rows:
+                row.locked_until = now + lease
+            return [self._outbox(r) for r in rows]
+
+    def mark_outbox_sent(self, item_id: int, *, sent_ref: str | None, now: datetime) -> None:
+        with self._tx() as s:
+            s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == item_id)
+                .values(
+                    status=OutboxStatus.SENT.value,
+                    sent_ref=sent_ref,
+                    sent_at=now,
+                    attempts=OutboxRow.attempts + 1,
+                    locked_until=None,
+                    last_error=None,
+                )
+            )
+
+    def mark_outbox_failed(
+        self, item_id: int, *, error: str, next_attempt_at: datetime | None, now: datetime, count_attempt: bool = True
+    ) -> None:
+        values: dict[str, Any] = {"last_error": error[:4000], "locked_until": None}
+        if count_attempt:
+            values["attempts"] = OutboxRow.attempts + 1
+        if next_attempt_at is None:
+            values["status"] = OutboxStatus.PARKED.value
+        else:
+            values["next_attempt_at"] = next_attempt_at
+        with self._tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(**values))
+
+    def list_outbox(self, *, status: OutboxStatus | None = None, limit: int = 100) -> list[StoredOutboxItem]:
+        with self._tx() as s:
+            stmt = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+            if status is not None:
+                stmt = stmt.where(OutboxRow.status == status.value)
+            return [self._outbox(r) for r in s.execute(stmt).scalars()]
+
+    def retry_outbox(self, item_id: int) -> None:
+        with self._tx() as s:
+            row = s.get(OutboxRow, item_id)
+            if row is None:
+                raise NotFound(f"no outbox item {item_id}")
+            row.status = OutboxStatus.PENDING.value
+            row.attempts = 0
+            row.next_attempt_at = _now()
+            row.locked_until = None
+
+    @staticmethod
+    def _outbox(row: OutboxRow) -> StoredOutboxItem:
+        return StoredOutboxItem(
+            id=row.id,
+            kind=OutboxKind(row.kind),
+            dedupe_key=row.dedupe_key,
+            payload=row.payload,
+            ticket_id=row.ticket_id,
+            status=OutboxStatus(row.status),
+            attempts=row.attempts,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+            last_error=row.last_error,
+            sent_ref=row.sent_ref,
+        )
+
+    # -- leases and mailbox state -----------------------------------------------------------------
+
+    def acquire_lease(self, name: str, owner: str, *, ttl: timedelta, now: datetime | None = None) -> bool:
+        """Take or renew the lease ``name``; False while another owner holds an unexpired one."""
+        now = now or _now()
+        with self._tx() as s:
+            s.execute(
+                self._insert(LeaseRow)
+                .values(name=name, owner=owner, expires_at=now + ttl)
+                .on_conflict_do_nothing()
+            )
+            result = s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, or_(LeaseRow.owner == owner, LeaseRow.expires_at < now))
+                .values(owner=owner, expires_at=now + ttl)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._tx() as s:
+            s.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, LeaseRow.owner == owner)
+                .values(expires_at=datetime(1970, 1, 1, tzinfo=UTC))
+            )
+
+    def mailbox_state(self, mailbox: str) -> dict[str, Any] | None:
+        with self._tx() as s:
+            row = s.get(MailboxStateRow, mailbox)
+            if row is None:
+                return None
+            return {
+                "mailbox": row.mailbox,
+                "folder": row.folder,
+                "uidvalidity": row.uidvalidity,
+                "last_uid": row.last_uid,
+                "last_poll_at": row.last_poll_at,
+                "last_success_at": row.last_success_at,
+                "last_error": row.last_error,
+            }
+
+    def save_mailbox_state(self, mailbox: str, **values: Any) -> None:
+        with self._tx() as s:
+            row = s.get(MailboxStateRow, mailbox)
+            if row is None:
+                row = MailboxStateRow(mailbox=mailbox, folder=values.get("folder", "INBOX"), last_uid=0)
+                s.add(row)
+            for key, value in values.items():
+                setattr(row, key, value)

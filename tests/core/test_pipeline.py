@@ -1,0 +1,238 @@
+"""The Pipeline end to end on the real SQLite store: tickets, redelivery, threading, loops, triage, changes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.classify.fallback import FallbackClassifier
+from core.errors import InvalidInput, NotFound
+from core.inbound import InboundRecord, InboundStatus, StoredInbound
+from core.message import Channel, Message
+from core.outbox import OutboxKind, OutboxStatus
+from core.pipeline import Pipeline
+from core.reply import ReplySettings
+from core.route import Router
+from core.ticket import EventKind, Priority, Status
+from core.worker import InboundWorker
+from storage.store import SqlStore
+from tests.fakes.classifier import ScriptedClassifier
+
+DEPARTMENTS = ["IT Support", "HR", "Facilities", "Finance", "General"]
+NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def make_pipeline(
+    store: SqlStore, classifier: ScriptedClassifier | FallbackClassifier | None = None, **kw: object
+) -> Pipeline:
+    return Pipeline(
+        store=store,
+        classifier=classifier or ScriptedClassifier(),
+        router=Router(DEPARTMENTS, "General", 0.35),
+        replies=ReplySettings(
+            support_address="support@example.com",
+            department_channels={"IT Support": "C0IT"},
+            enabled=frozenset(OutboxKind),
+        ),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def email(
+    source_id: str,
+    *,
+    sender: str = "ana@example.com",
+    subject: str = "VPN broken",
+    body: str = "It fails.",
+    refs: tuple[str, ...] = (),
+    auto: str | None = None,
+    park: str | None = None,
+) -> Message:
+    return Message(
+        channel=Channel.EMAIL,
+        source_id=source_id,
+        sender=sender,
+        subject=subject,
+        body=body,
+        received_at=NOW,
+        thread_refs=refs,
+        auto_reason=auto,
+        park_reason=park,
+    )
+
+
+def stored(store: SqlStore, key: str, message: Message) -> StoredInbound:
+    """Store a message the way a channel adapter would, and claim it the way the worker does."""
+    payload = json.dumps({"sender": message.sender, "subject": message.subject, "body": message.body}).encode()
+    received = store.receive(InboundRecord(Channel.CLI, key, payload, NOW))
+    row = store.claim_inbound_by_id(received.id, now=datetime.now(UTC), lease=timedelta(minutes=1))
+    assert row is not None
+    return row
+
+
+def decoder_for(messages: dict[str, Message]) -> Callable[[StoredInbound], Message]:
+    return lambda row: messages[row.dedupe_key]
+
+
+def test_a_new_email_becomes_a_ticket_with_an_ack_and_a_department_post(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store, ScriptedClassifier(priority=Priority.HIGH))
+    outcome = pipeline.handle(email("<m1@mail>"))
+    ticket = outcome.ticket
+    assert outcome.created and ticket is not None
+    assert (ticket.department, ticket.priority, ticket.classifier) == ("IT Support", Priority.HIGH, "scripted")
+    items = sorted(sqlite_store.list_outbox(), key=lambda i: i.kind)
+    assert [i.kind for i in items] == [OutboxKind.EMAIL, OutboxKind.SLACK_POST]
+    ack = items[0].payload
+    assert ack["to"] == "ana@example.com"
+    assert ack["subject"] == f"[#{ticket.id}] VPN broken"
+    assert f"#{ticket.id}" in ack["text"] and "IT Support" in ack["text"] and "high" in ack["text"]
+    assert ack["in_reply_to"] == "<m1@mail>"
+    assert items[1].payload == {"channel": "C0IT", "ticket_id": ticket.id, "event": "created"}
+
+
+def test_low_confidence_goes_to_triage_and_says_so(sqlite_store: SqlStore) -> None:
+    outcome = make_pipeline(sqlite_store, ScriptedClassifier(confidence=0.2)).handle(email("<m1@mail>"))
+    assert outcome.ticket is not None
+    assert outcome.ticket.department == "General" and outcome.ticket.triaged
+    routed = [e for e in sqlite_store.ticket_events(outcome.ticket.id) if e.kind is EventKind.ROUTED][0]
+    assert "below" in routed.data["reason"] and "IT Support" in routed.data["reason"]
+    [ack] = sqlite_store.list_outbox()
+    assert "triage" in ack.payload["text"]
+
+
+def test_an_unknown_department_from_a_classifier_goes_to_triage(sqlite_store: SqlStore) -> None:
+    outcome = make_pipeline(sqlite_store, ScriptedClassifier(department="Legal")).handle(email("<m1@mail>"))
+    assert outcome.ticket is not None and outcome.ticket.department == "General" and outcome.ticket.triaged
+
+
+def test_a_reply_threads_by_references_including_our_own_message_id(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    first = pipeline.handle(email("<m1@mail>")).ticket
+    assert first is not None
+    [ack] = [i for i in sqlite_store.list_outbox() if i.kind is OutboxKind.EMAIL]
+    reply = email("<m2@mail>", subject="Re: VPN broken", body="Still failing", refs=(ack.payload["message_id"],))
+    outcome = pipeline.handle(reply)
+    assert not outcome.created and outcome.ticket is not None and outcome.ticket.id == first.id
+    assert sqlite_store.ticket_events(first.id)[-1].kind is EventKind.COMMENT
+    # No second acknowledgement for a follow-up.
+    assert len([i for i in sqlite_store.list_outbox() if i.kind is OutboxKind.EMAIL]) == 1
+
+
+def test_a_subject_tag_threads_only_for_the_requester(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    first = pipeline.handle(email("<m1@mail>")).ticket
+    assert first is not None
+    mine = pipeline.handle(email("<m2@mail>", subject=f"Re: [#{first.id}] VPN broken"))
+    assert not mine.created
+    hijack = pipeline.handle(email("<m3@mail>", sender="eve@example.com", subject=f"[#{first.id}] add me"))
+    assert hijack.created and hijack.ticket is not None and hijack.ticket.id != first.id
+
+
+def test_a_reply_reopens_a_resolved_ticket_but_an_auto_reply_does_not(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    first = pipeline.handle(email("<m1@mail>")).ticket
+    assert first is not None
+    pipeline.change_status(first.id, Status.RESOLVED, actor="agent")
+    ooo = pipeline.handle(email("<m2@mail>", refs=("<m1@mail>",), auto="auto-submitted: auto-replied"))
+    assert ooo.ticket is not None and ooo.ticket.status is Status.RESOLVED
+    human = pipeline.handle(email("<m3@mail>", refs=("<m1@mail>",)))
+    assert human.ticket is not None and human.ticket.status is Status.NEW
+
+
+def test_automated_and_outsider_mail_is_parked_without_any_reply(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    messages = {
+        "ooo": email("<a@x>", auto="auto-submitted: auto-replied"),
+        "outsider": email("<b@x>", sender="spam@elsewhere.test", park="sender not allowed: elsewhere.test"),
+    }
+    pipeline.decoders = {Channel.CLI: decoder_for(messages)}
+    for key in messages:
+        outcome = pipeline.process(stored(sqlite_store, key, messages[key]))
+        assert outcome.status is InboundStatus.PARKED and outcome.ticket is None
+    parked = sqlite_store.list_inbound(status=InboundStatus.PARKED, limit=10)
+    assert {p.last_error for p in parked} == {
+        "automated: auto-submitted: auto-replied",
+        "sender not allowed: elsewhere.test",
+    }
+    assert sqlite_store.list_outbox() == []
+
+
+def test_our_own_mail_fed_back_is_ignored(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    messages = {"own": email("<ticket-1.ack.abc@example.com>", auto="own-mail")}
+    pipeline.decoders = {Channel.CLI: decoder_for(messages)}
+    outcome = pipeline.process(stored(sqlite_store, "own", messages["own"]))
+    assert outcome.status is InboundStatus.IGNORED
+    assert sqlite_store.list_outbox() == [] and sqlite_store.list_inbound(status=InboundStatus.IGNORED, limit=5)
+
+
+def test_redelivery_makes_no_second_ticket(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    message = email("<m1@mail>")
+    row = stored(sqlite_store, "k", message)
+    pipeline.decoders = {Channel.CLI: decoder_for({"k": message})}
+    first = pipeline.process(row)
+    # The same transport message again: the store answers "already have it", nothing is claimable.
+    again = sqlite_store.receive(InboundRecord(Channel.CLI, "k", b"{}", NOW))
+    assert not again.created and again.ticket_id == first.ticket.id  # type: ignore[union-attr]
+    assert sqlite_store.claim_inbound(now=datetime.now(UTC), limit=10, lease=timedelta(minutes=1)) == []
+
+
+def test_the_auto_reply_limit_stops_mail_to_a_noisy_recipient(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store, max_auto_replies_per_hour=2)
+    for i in range(4):
+        pipeline.handle(email(f"<m{i}@mail>", subject=f"problem {i}"))
+    assert len([i for i in sqlite_store.list_outbox() if i.kind is OutboxKind.EMAIL]) == 2
+
+
+def test_an_empty_request_is_parked_with_a_reason(sqlite_store: SqlStore) -> None:
+    outcome = make_pipeline(sqlite_store).handle(email("<m@x>", subject=" ", body="\n"))
+    assert outcome.status is InboundStatus.PARKED and outcome.reason and "empty" in outcome.reason
+
+
+def test_a_slow_or_failing_primary_falls_back_within_the_deadline(sqlite_store: SqlStore) -> None:
+    offline = ScriptedClassifier(name="offline", department="Finance")
+    for primary in (ScriptedClassifier(name="claude", delay=2.0), ScriptedClassifier(name="claude", fail=True)):
+        classifier = FallbackClassifier(primary=primary, fallback=offline, deadline=0.2)
+        ticket = make_pipeline(sqlite_store, classifier).handle(email(f"<{primary.delay}@x>")).ticket
+        classifier.close()
+        assert ticket is not None and ticket.classifier == "offline" and ticket.department == "Finance"
+        classified = [e for e in sqlite_store.ticket_events(ticket.id) if e.kind is EventKind.CLASSIFIED][0]
+        assert classified.data["fallback_reason"]
+
+
+def test_people_change_status_and_reroute_with_events_and_notifications(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    ticket = pipeline.handle(email("<m1@mail>")).ticket
+    assert ticket is not None
+    pipeline.reroute(ticket.id, "facilities", actor="U1", note="it's the badge reader")
+    resolved = pipeline.change_status(ticket.id, Status.RESOLVED, actor="U1", note="replaced the reader")
+    assert resolved.department == "Facilities" and resolved.status is Status.RESOLVED
+    mails = [i for i in sqlite_store.list_outbox() if i.kind is OutboxKind.EMAIL]
+    assert any("resolved" in m.payload["text"] and "replaced the reader" in m.payload["text"] for m in mails)
+    with pytest.raises(InvalidInput, match="unknown department"):
+        pipeline.reroute(ticket.id, "Legal", actor="U1")
+    with pytest.raises(NotFound):
+        pipeline.change_status(4242, Status.CLOSED, actor="U1")
+
+
+def test_the_worker_parks_a_poison_message_after_three_attempts_and_goes_on(sqlite_store: SqlStore) -> None:
+    good = email("<good@x>")
+
+    def decode(row: StoredInbound) -> Message:
+        if row.dedupe_key == "poison":
+            raise RuntimeError("parser bug")
+        return good
+
+    pipeline = make_pipeline(sqlite_store, decoders={Channel.EMAIL: decode})
+    sqlite_store.receive(InboundRecord(Channel.EMAIL, "poison", b"x", NOW))
+    sqlite_store.receive(InboundRecord(Channel.EMAIL, "good", b"y", NOW))
+    worker = InboundWorker(store=sqlite_store, pipeline=pipeline, max_attempts=3, lease=timedelta(seconds=0))
+    for _ in range(3):
+        worker.run_once(datetime.now(UTC))
+    statuses = {r.dedupe_key: (r.status, r.attempts) for r in sqlite_store.list_inbound(status=None, limit=10)}
+    assert statuses == {"poison": (InboundStatus.PARKED, 3), "good": (InboundStatus.PROCESSED, 0)}
+    assert len(sqlite_store.list_outbox(status=OutboxStatus.PENDING)) == 2
