@@ -252,7 +252,11 @@ class Config(BaseSettings):
 
     @property
     def model_path(self) -> Path:
-        return Path(self.classifier.model_path) if self.classifier.model_path else self.data_dir / "model" / "offline.joblib"
+        return (
+            Path(self.classifier.model_path)
+            if self.classifier.model_path
+            else self.data_dir / "model" / "offline.joblib"
+        )
 
 
 class Secrets(BaseSettings):
@@ -268,8 +272,9 @@ class Secrets(BaseSettings):
     @model_validator(mode="after")
     def _no_placeholders(self) -> Secrets:
         for name, value in self:
-            if isinstance(value, SecretStr) and re.fullmatch(r"(?i)(x+|changeme|todo|placeholder|<.*>|\.\.\.)",
-                                                             value.get_secret_value().strip()):
+            if isinstance(value, SecretStr) and re.fullmatch(
+                r"(?i)(x+|changeme|todo|placeholder|<.*>|\.\.\.)", value.get_secret_value().strip()
+            ):
                 raise ValueError(f"{name.upper()} holds a placeholder, not a real secret")
         return self
 

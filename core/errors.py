@@ -1,13 +1,13 @@
 """The error tree every package raises into; adapters translate library errors into these at the edge.
 
-    TicketbotError
-    ├── ConfigError            bad or missing configuration
-    ├── MalformedMessage       an inbound payload that cannot be turned into a Message
-    ├── ClassifierUnavailable  a classifier cannot answer now (network, timeout, bad output)
-    ├── DeliveryError          an outbound reply or post failed
-    │   └── PermanentDeliveryError   retrying will not help (bad address, unknown channel)
-    ├── StorageError           the database failed
-    └── NotFound / InvalidInput      CLI and API input that names nothing or makes no sense
+TicketbotError
+├── ConfigError            bad or missing configuration
+├── MalformedMessage       an inbound payload that cannot be turned into a Message
+├── ClassifierUnavailable  a classifier cannot answer now (network, timeout, bad output)
+├── DeliveryError          an outbound reply or post failed
+│   └── PermanentDeliveryError   retrying will not help (bad address, unknown channel)
+├── StorageError           the database failed
+└── NotFound / InvalidInput      CLI and API input that names nothing or makes no sense
 """
 
 from __future__ import annotations

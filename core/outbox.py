@@ -92,7 +92,7 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        exp = min(self.max_delay, self.base_delay * (2 ** max(0, attempts - 1)))
+        exp = min(self.max_delay, self.base_delay * 2.0 ** max(0, attempts - 1))
         jittered = exp / 2 + self.rng.uniform(0, exp / 2)
         return max(jittered, retry_after or 0.0)
 
@@ -123,7 +123,8 @@ class OutboxDispatcher:
         if sender is None:
             # Put it back soon without counting an attempt: the channel may be enabled later.
             self.store.mark_outbox_failed(
-                item.id, error=f"no sender for {item.kind}",
+                item.id,
+                error=f"no sender for {item.kind}",
                 next_attempt_at=now + timedelta(minutes=1),
                 now=now,
                 count_attempt=False,
@@ -141,7 +142,9 @@ class OutboxDispatcher:
                 self.store.mark_outbox_failed(item.id, error=str(exc), next_attempt_at=None, now=now)
             else:
                 delay = self.policy.delay(attempts, exc.retry_after)
-                log.info("outbox %s (%s) attempt %d failed, retry in %.1fs: %s", item.id, item.kind, attempts, delay, exc)
+                log.info(
+                    "outbox %s (%s) attempt %d failed, retry in %.1fs: %s", item.id, item.kind, attempts, delay, exc
+                )
                 self.store.mark_outbox_failed(
                     item.id, error=str(exc), next_attempt_at=now + timedelta(seconds=delay), now=now
                 )

@@ -123,8 +123,15 @@ class Pipeline:
             return only_allowed(acknowledgements(ticket, message, self.replies), may_mail)
 
         ticket = self.store.open_ticket(inbound_id, draft, compose)
-        log.info("ticket #%d from %s → %s (%s, %.0f%%, %s)", ticket.id, message.channel, ticket.department,
-                 ticket.priority, ticket.confidence * 100, ticket.classifier)
+        log.info(
+            "ticket #%d from %s → %s (%s, %.0f%%, %s)",
+            ticket.id,
+            message.channel,
+            ticket.department,
+            ticket.priority,
+            ticket.confidence * 100,
+            ticket.classifier,
+        )
         return Outcome(InboundStatus.PROCESSED, ticket=ticket, created=True)
 
     def thread(self, message: Message) -> Ticket | None:
@@ -198,7 +205,9 @@ class Pipeline:
     def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None = None) -> Ticket:
         canonical = self.router.canonical(department)
         if canonical is None:
-            raise InvalidInput(f"unknown department {department!r}; choose one of: {', '.join(self.router.departments)}")
+            raise InvalidInput(
+                f"unknown department {department!r}; choose one of: {', '.join(self.router.departments)}"
+            )
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
             post = channel_post(ticket, self.replies, event=f"rerouted-{self.clock().timestamp()}")

@@ -115,7 +115,9 @@ class TicketStore(Protocol):
         """Set the status and record an event. Raises NotFound."""
         ...
 
-    def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies) -> Ticket:
+    def reroute(
+        self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket:
         """Move a ticket to another department and record a rerouted event (a correction). Raises NotFound."""
         ...
 

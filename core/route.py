@@ -28,7 +28,9 @@ class Router:
     def route(self, classification: Classification) -> Route:
         department = self.canonical(classification.department)
         if department is None:
-            return Route(self.triage_department, triaged=True, reason=f"unknown department {classification.department!r}")
+            return Route(
+                self.triage_department, triaged=True, reason=f"unknown department {classification.department!r}"
+            )
         if classification.confidence < self.confidence_threshold and department != self.triage_department:
             return Route(
                 self.triage_department,

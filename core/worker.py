@@ -20,8 +20,10 @@ class InboundWorker:
     store: InboundStore
     pipeline: Pipeline
     max_attempts: int = 3
-    batch_size: int = 20
-    lease: timedelta = timedelta(minutes=2)
+    # Small batches with a long lease: a batch must finish (each ticket may wait up to the classifier
+    # deadline) well before its lease lets another worker claim the same rows after a crash.
+    batch_size: int = 5
+    lease: timedelta = timedelta(minutes=5)
 
     def run_once(self, now: datetime) -> int:
         rows = self.store.claim_inbound(now=now, limit=self.batch_size, lease=self.lease)

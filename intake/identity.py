@@ -64,6 +64,7 @@ def _without_trace(raw: bytes) -> bytes:
             kept.append(line)
     return b"\n".join(kept) + sep + body
 
+
 # Our loop header: every automatic mail we send carries it with our instance id, and mail that comes
 # back carrying it is our own (RT's X-RT-Loop-Prevention, in spirit).
 LOOP_HEADER = "X-Ticketbot-Loop"

@@ -179,6 +179,8 @@ class SqlStore:
             row = s.get(InboundRow, inbound_id)
             if row is None:
                 raise NotFound(f"no inbound message {inbound_id}")
+            if row.status != InboundStatus.RECEIVED.value:
+                return InboundStatus(row.status)  # another worker finished it meanwhile: nothing failed
             row.attempts += 1
             row.last_error = error[:4000]
             row.locked_until = None
@@ -317,7 +319,9 @@ class SqlStore:
             row = self._get_row(s, ticket_id)
             self._event(s, ticket_id, EventKind.COMMENT, actor, now, {"text": text, "automated": automated})
             if reopen and not Status(row.status).is_open:
-                self._event(s, ticket_id, EventKind.STATUS, actor, now, {"from": row.status, "to": "new", "why": "reply"})
+                self._event(
+                    s, ticket_id, EventKind.STATUS, actor, now, {"from": row.status, "to": "new", "why": "reply"}
+                )
                 row.status = Status.NEW.value
                 row.resolved_at = None
             row.updated_at = now
@@ -364,7 +368,9 @@ class SqlStore:
         with self._tx() as s:
             found = dict(
                 s.execute(
-                    select(MessageRefRow.message_id, MessageRefRow.ticket_id).where(MessageRefRow.message_id.in_(wanted))
+                    select(MessageRefRow.message_id, MessageRefRow.ticket_id).where(
+                        MessageRefRow.message_id.in_(wanted)
+                    )
                 ).all()
             )
         for ref in wanted:  # refs come newest first: the most recent match wins
@@ -394,7 +400,9 @@ class SqlStore:
             self._enqueue(s, compose(ticket), now)
             return ticket
 
-    def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies) -> Ticket:
+    def reroute(
+        self, ticket_id: int, department: str, *, actor: str, note: str | None, compose: ComposeReplies
+    ) -> Ticket:
         now = _now()
         with self._tx() as s:
             row = self._get_row(s, ticket_id)
@@ -481,7 +489,9 @@ class SqlStore:
             )
 
     def _get_row(self, s: Session, ticket_id: int) -> TicketRow:
-        row = s.execute(self._lock(select(TicketRow).where(TicketRow.id == ticket_id))).scalar_one_or_none()
+        row: TicketRow | None = s.execute(
+            self._lock(select(TicketRow).where(TicketRow.id == ticket_id))
+        ).scalar_one_or_none()
         if row is None:
             raise NotFound(f"no ticket #{ticket_id}")
         return row
@@ -643,9 +653,7 @@ class SqlStore:
         now = now or _now()
         with self._tx() as s:
             s.execute(
-                self._insert(LeaseRow)
-                .values(name=name, owner=owner, expires_at=now + ttl)
-                .on_conflict_do_nothing()
+                self._insert(LeaseRow).values(name=name, owner=owner, expires_at=now + ttl).on_conflict_do_nothing()
             )
             result = s.execute(
                 update(LeaseRow)
