@@ -27,7 +27,7 @@ run: $(VENV)/.installed
 # System services the tests talk to: PostgreSQL (started if installed but down) and Dovecot (installed if missing).
 services:
 	@bash scripts/ensure-postgres.sh
-	@bash scripts/ensure-dovecot.sh
+	-@bash scripts/ensure-dovecot.sh
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
