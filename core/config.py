@@ -59,7 +59,7 @@ class RoutingConfig(Section):
 class ClaudeConfig(Section):
     model: str = "claude-haiku-4-5"
     max_tokens: int = Field(default=400, ge=50, le=4096)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    timeout_seconds: float = Field(default=6.0, gt=0, le=120)
     max_retries: int = Field(default=2, ge=0, le=10)
     concurrency: int = Field(default=8, ge=1, le=128)
     daily_token_budget: int = Field(default=2_000_000, ge=0)
