@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -263,6 +263,7 @@ class SqlStore:
                 tokens_in=c.tokens_in,
                 tokens_out=c.tokens_out,
                 triaged=draft.route.triaged,
+                fallback_reason=c.fallback_reason,
                 created_at=now,
                 updated_at=now,
             )
@@ -474,6 +475,55 @@ class SqlStore:
                 stmt = stmt.limit(limit)
             return [(r.id, r.subject, r.body, r.department) for r in s.execute(stmt).all()]
 
+    def classifier_stats(self, *, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Per classifier: tickets, fallbacks, mean confidence and latency, token totals (one SQL aggregate)."""
+        stmt = select(
+            TicketRow.classifier,
+            func.count().label("tickets"),
+            func.count(TicketRow.fallback_reason).label("fallbacks"),
+            func.avg(TicketRow.confidence).label("mean_confidence"),
+            func.avg(TicketRow.classify_ms).label("mean_latency_ms"),
+            func.max(TicketRow.classify_ms).label("max_latency_ms"),
+            func.coalesce(func.sum(TicketRow.tokens_in), 0).label("tokens_in"),
+            func.coalesce(func.sum(TicketRow.tokens_out), 0).label("tokens_out"),
+            func.sum(case((TicketRow.triaged.is_(True), 1), else_=0)).label("triaged"),
+        ).group_by(TicketRow.classifier)
+        if since is not None:
+            stmt = stmt.where(TicketRow.created_at >= since)
+        with self._tx() as s:
+            return [
+                {
+                    "classifier": r.classifier,
+                    "tickets": int(r.tickets),
+                    "fallbacks": int(r.fallbacks),
+                    "mean_confidence": float(r.mean_confidence or 0.0),
+                    "mean_latency_ms": float(r.mean_latency_ms or 0.0),
+                    "max_latency_ms": float(r.max_latency_ms or 0.0),
+                    "tokens_in": int(r.tokens_in),
+                    "tokens_out": int(r.tokens_out),
+                    "triaged": int(r.triaged or 0),
+                }
+                for r in s.execute(stmt.order_by(TicketRow.classifier)).all()
+            ]
+
+    def reroute_counts(self, *, since: datetime | None = None) -> dict[str, int]:
+        """Tickets rerouted by a person, per original department (the classifier's mistakes)."""
+        stmt = select(TicketEventRow.data, TicketEventRow.ticket_id).where(
+            TicketEventRow.kind == EventKind.REROUTED.value
+        )
+        if since is not None:
+            stmt = stmt.where(TicketEventRow.at >= since)
+        counts: dict[str, int] = {}
+        seen: set[int] = set()
+        with self._tx() as s:
+            for data, ticket_id in s.execute(stmt.order_by(TicketEventRow.id)).all():
+                if ticket_id in seen:
+                    continue  # count a ticket once, by where the classifier first put it
+                seen.add(ticket_id)
+                origin = str(data.get("from"))
+                counts[origin] = counts.get(origin, 0) + 1
+        return counts
+
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         with self._tx() as s:
             return int(
@@ -620,6 +670,13 @@ class SqlStore:
                 stmt = stmt.where(OutboxRow.status == status.value)
             return [self._outbox(r) for r in s.execute(stmt).scalars()]
 
+    def outbox_counts(self) -> dict[str, int]:
+        with self._tx() as s:
+            return {
+                status: count
+                for status, count in s.execute(select(OutboxRow.status, func.count()).group_by(OutboxRow.status)).all()
+            }
+
     def retry_outbox(self, item_id: int) -> None:
         with self._tx() as s:
             row = s.get(OutboxRow, item_id)
@@ -693,3 +750,19 @@ class SqlStore:
                 s.add(row)
             for key, value in values.items():
                 setattr(row, key, value)
+
+    # -- slack (issue 4) --------------------------------------------------------------------------
+
+    def slack_posts(self, ticket_id: int) -> list[StoredOutboxItem]:
+        """Every department-channel post (kind slack_post) of a ticket, oldest first, whatever its status.
+
+        The Slack sender finds the ticket's cards here (``sent_ref`` is ``"<channel>:<ts>"``) to thread
+        follow-ups under them and to update them in place.
+        """
+        with self._tx() as s:
+            rows = s.execute(
+                select(OutboxRow)
+                .where(OutboxRow.ticket_id == ticket_id, OutboxRow.kind == OutboxKind.SLACK_POST.value)
+                .order_by(OutboxRow.id)
+            ).scalars()
+            return [self._outbox(r) for r in rows]

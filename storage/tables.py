@@ -114,6 +114,8 @@ class TicketRow(Base):
     tokens_in: Mapped[int | None] = mapped_column(Integer)
     tokens_out: Mapped[int | None] = mapped_column(Integer)
     triaged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Why the primary classifier did not decide (None when it did, or when the offline model is the only one).
+    fallback_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime] = mapped_column(index=True)
     first_action_at: Mapped[datetime | None]

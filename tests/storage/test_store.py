@@ -237,3 +237,18 @@ def test_mailbox_state_round_trip(store: SqlStore) -> None:
     store.save_mailbox_state("support", last_uid=12)
     state = store.mailbox_state("support")
     assert state is not None and state["uidvalidity"] == 5 and state["last_uid"] == 12 and state["last_poll_at"] == NOW
+
+
+def test_classifier_stats_are_sql_aggregates(store: SqlStore) -> None:
+    from dataclasses import replace
+
+    store.open_ticket(None, draft(), no_replies)
+    fallback = replace(draft().classification, classifier="offline", fallback_reason="circuit open", latency_ms=3.0)
+    store.open_ticket(None, replace(draft(), classification=fallback), no_replies)
+    claude = replace(draft().classification, classifier="claude", tokens_in=900, tokens_out=40, latency_ms=800.0)
+    store.open_ticket(None, replace(draft(), classification=claude), no_replies)
+    stats = {row["classifier"]: row for row in store.classifier_stats()}
+    assert stats["offline"]["tickets"] == 2 and stats["offline"]["fallbacks"] == 1
+    assert stats["claude"]["tokens_in"] == 900 and stats["claude"]["mean_latency_ms"] == 800.0
+    assert store.classifier_stats(since=datetime.now(UTC) + timedelta(days=1)) == []
+    assert store.outbox_counts() == {}
