@@ -85,7 +85,7 @@ class Pipeline:
             return Outcome(InboundStatus.IGNORED, reason="our own mail")
 
         existing = self.thread(message)
-        if existing is not None:
+        if existing is not None and not self.too_old_to_reopen(existing, message):
             return self.follow_up(message, existing, inbound_id)
 
         if message.park_reason or message.auto_reason:
@@ -151,12 +151,18 @@ class Pipeline:
                 return ticket
         return None
 
+    def too_old_to_reopen(self, ticket: Ticket, message: Message) -> bool:
+        """A person answering a ticket closed longer ago than the reopen window starts a new ticket
+        (acknowledged as usual) rather than a comment nobody will read."""
+        if ticket.status.is_open or ticket.resolved_at is None or message.auto_reason is not None:
+            return False
+        return self.clock() - ticket.resolved_at > self.reopen_window
+
     def follow_up(self, message: Message, ticket: Ticket, inbound_id: int | None) -> Outcome:
         now = self.clock()
-        done = not ticket.status.is_open
-        recent = ticket.resolved_at is None or now - ticket.resolved_at <= self.reopen_window
-        # Robots (out-of-office, bounces) leave a note but never reopen a ticket.
-        reopen = done and recent and message.auto_reason is None
+        # Robots (out-of-office, bounces) leave a note but never reopen a ticket; a person's reply does
+        # (handle() already sent replies older than the reopen window to a new ticket).
+        reopen = not ticket.status.is_open and message.auto_reason is None
         text = message.body if message.body.strip() else message.full_body
 
         def compose(updated: Ticket) -> list[OutboxItem]:
@@ -194,9 +200,10 @@ class Pipeline:
         if current is None:
             raise NotFound(f"no ticket #{ticket_id}")
         may_mail = self.may_auto_reply(current.requester)
+        thread = self.store.message_refs(ticket_id) if current.channel is Channel.EMAIL else []
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
-            items = status_notifications(ticket, self.replies, note=note, last_message_id=None)
+            items = status_notifications(ticket, self.replies, note=note, thread=thread)
             post = channel_post(ticket, self.replies, event=f"status-{status.value}-{self.clock().timestamp()}")
             return only_allowed(items, may_mail) + ([post] if post else [])
 

@@ -109,6 +109,10 @@ class TicketStore(Protocol):
         """The ticket any of these Message-IDs (inbound or sent by us) belongs to, newest ref first."""
         ...
 
+    def message_refs(self, ticket_id: int) -> list[str]:
+        """Every Message-ID of a ticket (received and sent), oldest first."""
+        ...
+
     def change_status(
         self, ticket_id: int, status: Status, *, actor: str, note: str | None, compose: ComposeReplies
     ) -> Ticket:

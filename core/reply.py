@@ -162,7 +162,7 @@ def acknowledgements(ticket: Ticket, message: Message, settings: ReplySettings) 
 
 
 def status_notifications(
-    ticket: Ticket, settings: ReplySettings, *, note: str | None, last_message_id: str | None
+    ticket: Ticket, settings: ReplySettings, *, note: str | None, thread: Sequence[str] = ()
 ) -> list[OutboxItem]:
     """What a status change sends to the requester: mail for email tickets, a DM for Slack tickets."""
     if ticket.status not in (Status.RESOLVED, Status.CLOSED, Status.WAITING, Status.IN_PROGRESS):
@@ -178,8 +178,9 @@ def status_notifications(
                 kind=key,
                 to=ticket.requester,
                 text=status_text(ticket, note),
-                in_reply_to=last_message_id,
-                references=[],
+                # Thread under the request and our earlier mail, so the requester's client keeps one thread.
+                in_reply_to=thread[-1] if thread else None,
+                references=list(thread[:-1]),
             )
         ]
     if ticket.channel is Channel.SLACK and OutboxKind.SLACK_DM in settings.enabled:

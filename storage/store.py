@@ -379,6 +379,17 @@ class SqlStore:
                 return found[ref]
         return None
 
+    def message_refs(self, ticket_id: int) -> list[str]:
+        """Every Message-ID of a ticket, oldest first: what our next mail about it threads under."""
+        with self._tx() as s:
+            return list(
+                s.execute(
+                    select(MessageRefRow.message_id)
+                    .where(MessageRefRow.ticket_id == ticket_id)
+                    .order_by(MessageRefRow.created_at, MessageRefRow.message_id)
+                ).scalars()
+            )
+
     def change_status(
         self, ticket_id: int, status: Status, *, actor: str, note: str | None, compose: ComposeReplies
     ) -> Ticket:
@@ -474,6 +485,25 @@ class SqlStore:
             if limit:
                 stmt = stmt.limit(limit)
             return [(r.id, r.subject, r.body, r.department) for r in s.execute(stmt).all()]
+
+    def labelled_history(self, *, limit: int = 200_000) -> list[tuple[str, str, str]]:
+        """(subject, body, department) of tickets whose department a person confirmed: rerouted ones (the
+        corrections) and resolved or closed ones that stayed where the classifier put them."""
+        rerouted = select(TicketEventRow.ticket_id).where(TicketEventRow.kind == EventKind.REROUTED.value)
+        stmt = (
+            select(TicketRow.subject, TicketRow.body, TicketRow.department)
+            .where(
+                or_(
+                    TicketRow.id.in_(rerouted),
+                    TicketRow.status.in_([Status.RESOLVED.value, Status.CLOSED.value]),
+                ),
+                TicketRow.triaged.is_(False),
+            )
+            .order_by(TicketRow.id.desc())
+            .limit(limit)
+        )
+        with self._tx() as s:
+            return [(r.subject, r.body, r.department) for r in s.execute(stmt).all()]
 
     def classifier_stats(self, *, since: datetime | None = None) -> list[dict[str, Any]]:
         """Per classifier: tickets, fallbacks, mean confidence and latency, token totals (one SQL aggregate)."""

@@ -236,3 +236,17 @@ def test_the_worker_parks_a_poison_message_after_three_attempts_and_goes_on(sqli
     statuses = {r.dedupe_key: (r.status, r.attempts) for r in sqlite_store.list_inbound(status=None, limit=10)}
     assert statuses == {"poison": (InboundStatus.PARKED, 3), "good": (InboundStatus.PROCESSED, 0)}
     assert len(sqlite_store.list_outbox(status=OutboxStatus.PENDING)) == 2
+
+
+def test_a_reply_long_after_resolution_opens_a_new_ticket(sqlite_store: SqlStore) -> None:
+    pipeline = make_pipeline(sqlite_store)
+    first = pipeline.handle(email("<m1@mail>")).ticket
+    assert first is not None
+    pipeline.change_status(first.id, Status.RESOLVED, actor="agent")
+    resolved_mail = [i for i in sqlite_store.list_outbox() if "resolved" in i.payload.get("text", "")][0]
+    # The resolution mail threads under the request and our acknowledgement.
+    assert resolved_mail.payload["in_reply_to"] and "<m1@mail>" in resolved_mail.payload["references"]
+    later = datetime.now(UTC) + timedelta(days=15)
+    pipeline.clock = lambda: later
+    outcome = pipeline.handle(email("<m2@mail>", refs=("<m1@mail>",), body="It broke again"))
+    assert outcome.created and outcome.ticket is not None and outcome.ticket.id != first.id
