@@ -40,8 +40,11 @@ pytest: $(VENV)/.installed-dev services
 
 test: lint typecheck pytest
 
+# Each bench prints its figures (README, Performance); see bench/README.md for options.
 bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/classify.py
+	$(BIN)/python -m bench.classify
+	$(BIN)/python bench/classify_claude.py
+	$(BIN)/python bench/email_intake.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

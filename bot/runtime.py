@@ -87,7 +87,10 @@ def reply_settings(config: Config, enabled: set[OutboxKind]) -> ReplySettings:
     return ReplySettings(
         support_address=config.email.support_addresses[0] if config.email.support_addresses else "support@localhost",
         from_name=config.email.from_name,
-        department_channels={d.name: d.slack_channel for d in config.departments if d.slack_channel},
+        # A department without a channel of its own is posted to the triage channel, so no ticket goes unseen.
+        department_channels={
+            d.name: channel for d in config.departments if (channel := d.slack_channel or config.slack.triage_channel)
+        },
         enabled=frozenset(enabled),
     )
 
@@ -109,7 +112,7 @@ def build_pipeline(
             confidence_threshold=config.routing.confidence_threshold,
         ),
         replies=reply_settings(config, enabled if enabled is not None else {OutboxKind.EMAIL}),
-        decoders=decoders or {},
+        decoders=decoders if decoders is not None else {},
         reopen_window=timedelta(days=config.email.reopen_window_days),
         max_auto_replies_per_hour=config.email.max_auto_replies_per_hour,
         max_auto_replies_per_day=config.email.max_auto_replies_per_day,
@@ -200,7 +203,20 @@ class Runtime:
         decoders: dict[Channel, Decoder] = {}
         channels: list[Component] = []
         _add_email(config, store, senders, decoders, channels)
-        pipeline = build_pipeline(config, store, classifier, decoders=decoders, enabled=set(senders))
+        from bot.http import http_component
+        from bot.slack import slack_components, slack_outbox_kinds
+
+        # Slack's senders need the pipeline, and the pipeline must know Slack will deliver: declare the kinds first.
+        pipeline = build_pipeline(
+            config, store, classifier, decoders=decoders, enabled=set(senders) | slack_outbox_kinds(secrets)
+        )
+        slack_senders, slack_parts, slack_decoders = slack_components(config, secrets, store, pipeline, None)
+        senders.update(slack_senders)
+        decoders.update(slack_decoders)
+        channels.extend(slack_parts)
+        http = http_component(config, slack_parts[0] if slack_parts else None)
+        if http is not None:
+            channels.append(http)  # last: stops first, so Slack can finish storing what it acknowledged
         runtime = cls(config=config, secrets=secrets, store=store, pipeline=pipeline, senders=senders)
         worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
         # Several workers so one slow classification (Claude near its deadline) does not hold up the queue.
