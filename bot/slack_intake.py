@@ -178,6 +178,7 @@ def decode_slack(inbound: StoredInbound) -> Message:
         subject=subject,
         body=body,
         received_at=inbound.received_at,
+        requested_priority=str(data["urgency"]) if kind == "modal" and data.get("urgency") else None,
         reply_context={
             "response_url": str(data.get("response_url") or ""),
             "channel_id": str(data.get("channel_id") or ""),

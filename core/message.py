@@ -50,6 +50,8 @@ class Message:
     park_reason: str | None = None
     recipients: tuple[str, ...] = ()
     attachments: tuple[Attachment, ...] = ()
+    # The urgency a requester chose in a form (low/medium/high/urgent); it beats the classifier's guess.
+    requested_priority: str | None = None
     reply_context: dict[str, str] = field(default_factory=dict)
 
     @property

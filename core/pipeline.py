@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ from core.outbox import OutboxItem
 from core.ports import Store, TicketDraft
 from core.reply import ReplySettings, acknowledgements, channel_post, status_notifications
 from core.route import Router
-from core.ticket import Status, Ticket
+from core.ticket import Priority, Status, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class Pipeline:
             return Outcome(InboundStatus.PARKED, reason=raise_empty)
 
         classification = self.classifier.classify(message.subject, message.body)
+        if message.requested_priority in {p.value for p in Priority}:
+            classification = replace(classification, priority=Priority(message.requested_priority))
         route = self.router.route(classification)
         draft = TicketDraft(
             subject=message.subject.strip() or first_line(message.body),

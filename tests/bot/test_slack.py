@@ -151,7 +151,8 @@ def test_empty_command_opens_a_form_that_validates_and_files_once(
     assert rig.interact(submission).status_code == 200
     assert rig.interact(submission).status_code == 200  # Slack resent it: same view id, one ticket
     [answer] = slack_api.wait_for("respond", _path="/respond/form-1")
-    assert answer.params["text"] == "Ticket #1 opened → Facilities (medium)"
+    # The urgency the requester chose in the form sets the priority.
+    assert answer.params["text"] == "Ticket #1 opened → Facilities (urgent)"
     rig.wait_outbox_idle()
     [ticket] = rig.tickets()
     assert ticket.subject == "Heating off in room 4"

@@ -250,3 +250,13 @@ def test_a_reply_long_after_resolution_opens_a_new_ticket(sqlite_store: SqlStore
     pipeline.clock = lambda: later
     outcome = pipeline.handle(email("<m2@mail>", refs=("<m1@mail>",), body="It broke again"))
     assert outcome.created and outcome.ticket is not None and outcome.ticket.id != first.id
+
+
+def test_a_requested_urgency_sets_the_priority(sqlite_store: SqlStore) -> None:
+    from dataclasses import replace
+
+    pipeline = make_pipeline(sqlite_store, ScriptedClassifier(priority=Priority.LOW))
+    ticket = pipeline.handle(replace(email("<m1@mail>"), requested_priority="urgent")).ticket
+    assert ticket is not None and ticket.priority is Priority.URGENT
+    ignored = pipeline.handle(replace(email("<m2@mail>"), requested_priority="whenever")).ticket
+    assert ignored is not None and ignored.priority is Priority.LOW
