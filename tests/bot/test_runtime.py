@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import slack_api as fakes
+from tests.fakes.slack_api import BOT_TOKEN, SIGNING_SECRET, TRIAGE, FakeSlackAPI, command_body, signed_headers
+
 ROOT = Path(__file__).resolve().parents[2]
+slack_env = fakes.slack_env
+slack_api = fakes.slack_api
 
 
 def start(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -72,3 +77,49 @@ def test_run_refuses_a_bad_config_with_a_clear_message(bot_env: dict[str, str], 
     )
     assert proc.returncode == 2
     assert "routing.confidence_threshold" in proc.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_run_with_slack_tokens_serves_ticket_over_http(bot_env: dict[str, str], slack_api: FakeSlackAPI) -> None:
+    """The composition root wires Slack: a signed /ticket reaches `ticketbot run`, which answers and posts."""
+    import urllib.parse
+    import urllib.request
+
+    slack_api.add_channel(TRIAGE, "triage")
+    port = free_port()
+    env = {
+        **bot_env,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "TICKETBOT_SLACK__MODE": "http",
+        "TICKETBOT_SLACK__API_URL": slack_api.api_url,
+        "TICKETBOT_SLACK__TRIAGE_CHANNEL": TRIAGE,
+        "TICKETBOT_HTTP__PORT": str(port),
+    }
+    proc = start(env)
+    try:
+        read_until(proc, "ticketbot is running")
+        body = urllib.parse.urlencode(command_body(slack_api, "My laptop won't boot", trigger_id="trig-run-1"))
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/slack/events", data=body.encode(), headers=signed_headers(body), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        [answer] = slack_api.wait_for("respond", timeout=30)
+        assert answer.params["text"].startswith("Ticket #1 opened → IT Support")
+        # No department has a channel of its own here, so the card goes to the triage channel.
+        slack_api.wait_for("chat.postMessage", timeout=30, channel=TRIAGE)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
