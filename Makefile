@@ -44,6 +44,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.classify
 	$(BIN)/python bench/classify_claude.py
+	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/email_intake.py
 
 clean:
