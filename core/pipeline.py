@@ -188,8 +188,7 @@ class Pipeline:
     def may_auto_reply(self, recipient: str) -> bool:
         """False when ``recipient`` already had too many automatic mails: loop detection is never complete."""
         now = self.clock()
-        hour = self.store.count_auto_replies(recipient, since=now - timedelta(hours=1))
-        day = self.store.count_auto_replies(recipient, since=now - timedelta(days=1))
+        hour, day = self.store.auto_reply_counts(recipient, since=[now - timedelta(hours=1), now - timedelta(days=1)])
         if hour >= self.max_auto_replies_per_hour or day >= self.max_auto_replies_per_day:
             log.warning("not mailing %s: automatic reply limit reached (%d/h, %d/day)", recipient, hour, day)
             return False

@@ -49,6 +49,10 @@ class InboundStore(Protocol):
         """Commit a raw inbound message; ``created=False`` when its dedupe key (or IMAP uid) is already stored."""
         ...
 
+    def receive_many(self, records: Sequence[InboundRecord]) -> list[Received]:
+        """``receive`` for a batch, in one transaction: all committed, or none."""
+        ...
+
     def claim_inbound(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredInbound]:
         """Claim received rows for processing; a claimed row is invisible to others until its lease expires."""
         ...
@@ -130,6 +134,10 @@ class TicketStore(Protocol):
     ) -> Ticket: ...
 
     def assign(self, ticket_id: int, assignee: str | None, *, actor: str, compose: ComposeReplies) -> Ticket: ...
+
+    def auto_reply_counts(self, recipient: str, *, since: Sequence[datetime]) -> list[int]:
+        """``count_auto_replies`` for several start times at once (one query on the hot path)."""
+        ...
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         """How many automatic mails went (or are queued) to ``recipient`` since ``since``: the loop guard."""

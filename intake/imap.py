@@ -352,8 +352,8 @@ def connect_mailbox(
 class MailboxStore(Protocol):
     """The part of the store the poller uses (``storage.store.SqlStore`` has it)."""
 
-    def receive(self, record: InboundRecord) -> Received:
-        """Commit a raw inbound message; ``created=False`` when it is already stored."""
+    def receive_many(self, records: Sequence[InboundRecord]) -> list[Received]:
+        """Commit raw inbound messages in one transaction; ``created=False`` for those already stored."""
         ...
 
     def acquire_lease(self, name: str, owner: str, *, ttl: timedelta, now: datetime | None = None) -> bool:
@@ -578,17 +578,16 @@ class ImapPoller:
         committed: list[int] = []
         created = 0
         failure: StorageError | None = None
-        for uid in wanted:
-            raw = download.bodies.get(uid)
-            if raw is None:
-                continue
-            try:
-                received = self._store.receive(self._record(raw, uidvalidity, uid))
-            except StorageError as exc:
-                failure = exc
-                break
-            committed.append(uid)
-            created += received.created
+        stored = [uid for uid in wanted if uid in download.bodies]
+        try:
+            # One transaction for the batch: a fraction of the cost of one per message, and all-or-nothing,
+            # so a failure leaves every message of the batch in the folder for the next poll.
+            results = self._store.receive_many([self._record(download.bodies[uid], uidvalidity, uid) for uid in stored])
+        except StorageError as exc:
+            failure = exc
+        else:
+            committed = stored
+            created = sum(r.created for r in results)
         tally.stored += created
         tally.duplicates += len(committed) - created
         if created:
@@ -672,8 +671,8 @@ class ImapPoller:
             )
             log.warning("imap %s: UID %d: %s", self.config.name, uid, reason)
             if uid in headers:
-                self._store.receive(
-                    self._record(headers[uid], uidvalidity, uid, status=InboundStatus.PARKED, reason=reason)
+                self._store.receive_many(
+                    [self._record(headers[uid], uidvalidity, uid, status=InboundStatus.PARKED, reason=reason)]
                 )
         return uids
 

@@ -74,7 +74,18 @@ class SqlStore:
     # -- inbound ----------------------------------------------------------------------------------
 
     def receive(self, record: InboundRecord) -> Received:
+        return self.receive_many([record])[0]
+
+    def receive_many(self, records: Sequence[InboundRecord]) -> list[Received]:
+        """Commit several raw messages in one transaction (an IMAP batch): all of them, or none."""
         now = _now()
+        results: list[Received] = []
+        with self._tx() as s:
+            for record in records:
+                results.append(self._receive(s, record, now))
+        return results
+
+    def _receive(self, s: Session, record: InboundRecord, now: datetime) -> Received:
         values = {
             "channel": record.channel.value,
             "dedupe_key": record.dedupe_key,
@@ -92,23 +103,22 @@ class SqlStore:
             "last_error": record.last_error,
             "updated_at": now,
         }
-        with self._tx() as s:
-            row_id = s.execute(
-                self._insert(InboundRow).values(**values).on_conflict_do_nothing().returning(InboundRow.id)
-            ).scalar_one_or_none()
-            if row_id is not None:
-                return Received(row_id, created=True)
-            match = [InboundRow.dedupe_key == record.dedupe_key]
-            if record.mailbox is not None and record.uid is not None:
-                match.append(
-                    and_(
-                        InboundRow.mailbox == record.mailbox,
-                        InboundRow.uidvalidity == record.uidvalidity,
-                        InboundRow.uid == record.uid,
-                    )
+        row_id = s.execute(
+            self._insert(InboundRow).values(**values).on_conflict_do_nothing().returning(InboundRow.id)
+        ).scalar_one_or_none()
+        if row_id is not None:
+            return Received(row_id, created=True)
+        match = [InboundRow.dedupe_key == record.dedupe_key]
+        if record.mailbox is not None and record.uid is not None:
+            match.append(
+                and_(
+                    InboundRow.mailbox == record.mailbox,
+                    InboundRow.uidvalidity == record.uidvalidity,
+                    InboundRow.uid == record.uid,
                 )
-            existing = s.execute(select(InboundRow.id, InboundRow.ticket_id).where(or_(*match)).limit(1)).one()
-            return Received(existing.id, created=False, ticket_id=existing.ticket_id)
+            )
+        existing = s.execute(select(InboundRow.id, InboundRow.ticket_id).where(or_(*match)).limit(1)).one()
+        return Received(existing.id, created=False, ticket_id=existing.ticket_id)
 
     def claim_inbound(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredInbound]:
         with self._tx() as s:
@@ -553,6 +563,21 @@ class SqlStore:
                 origin = str(data.get("from"))
                 counts[origin] = counts.get(origin, 0) + 1
         return counts
+
+    def auto_reply_counts(self, recipient: str, *, since: Sequence[datetime]) -> list[int]:
+        """How many automatic mails went (or are queued) to ``recipient`` since each of ``since``, in one query."""
+        if not since:
+            return []
+        columns = [func.count(case((OutboxRow.created_at >= start, 1))) for start in since]
+        with self._tx() as s:
+            row = s.execute(
+                select(*columns).where(
+                    OutboxRow.recipient == recipient.lower(),
+                    OutboxRow.kind == OutboxKind.EMAIL.value,
+                    OutboxRow.created_at >= min(since),
+                )
+            ).one()
+            return [int(n) for n in row]
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         with self._tx() as s:

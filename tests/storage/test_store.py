@@ -252,3 +252,11 @@ def test_classifier_stats_are_sql_aggregates(store: SqlStore) -> None:
     assert stats["claude"]["tokens_in"] == 900 and stats["claude"]["mean_latency_ms"] == 800.0
     assert store.classifier_stats(since=datetime.now(UTC) + timedelta(days=1)) == []
     assert store.outbox_counts() == {}
+
+
+def test_receive_many_commits_a_batch_and_reports_duplicates(store: SqlStore) -> None:
+    store.receive(record("old"))
+    results = store.receive_many([record("a"), record("old"), record("b", mailbox="m", uidvalidity=1, uid=5)])
+    assert [r.created for r in results] == [True, False, True]
+    assert store.receive_many([]) == []
+    assert store.auto_reply_counts("nobody@example.com", since=[NOW, NOW - timedelta(days=1)]) == [0, 0]
