@@ -322,6 +322,22 @@ def tickets_set_status(ctx: Context, ticket_id: int, status: str, note: str | No
     out.print(f"{ticket.ref} is now {ticket.status.value}", highlight=False)
 
 
+@tickets.command("set-priority")
+@click.argument("ticket_id", type=int)
+@click.argument("priority")
+@click.option("--note", help="Why; recorded with the event.")
+@click.option("--actor", default="cli", show_default=True, help="Who made the change.")
+@pass_ctx
+def tickets_set_priority(ctx: Context, ticket_id: int, priority: str, note: str | None, actor: str) -> None:
+    """Change a ticket's priority (low, medium, high, urgent); recorded as a correction."""
+    with errors():
+        new_priority = parse_priority(priority)
+        if ctx.store.get_ticket(ticket_id) is None:
+            raise NotFound(f"no ticket #{ticket_id}")
+        ticket = ctx.pipeline.set_priority(ticket_id, new_priority, actor=actor, note=note)
+    out.print(f"{ticket.ref} is now {ticket.priority.value} priority", highlight=False)
+
+
 @tickets.command("reroute")
 @click.argument("ticket_id", type=int)
 @click.argument("department")

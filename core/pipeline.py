@@ -210,6 +210,15 @@ class Pipeline:
 
         return self.store.change_status(ticket_id, status, actor=actor, note=note, compose=compose)
 
+    def set_priority(self, ticket_id: int, priority: Priority, *, actor: str, note: str | None = None) -> Ticket:
+        """A person's priority correction, recorded as an event (a labelled example) and shown on the card."""
+
+        def compose(ticket: Ticket) -> list[OutboxItem]:
+            post = channel_post(ticket, self.replies, event=f"priority-{priority.value}-{self.clock().timestamp()}")
+            return [post] if post else []
+
+        return self.store.set_priority(ticket_id, priority, actor=actor, note=note, compose=compose)
+
     def reroute(self, ticket_id: int, department: str, *, actor: str, note: str | None = None) -> Ticket:
         canonical = self.router.canonical(department)
         if canonical is None:

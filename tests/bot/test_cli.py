@@ -52,10 +52,11 @@ def test_tickets_list_show_set_status_and_reroute(cli: CliRunner) -> None:
 
     assert run(cli, "tickets", "reroute", str(first["id"]), "General", "--note", "policy question").exit_code == 0
     assert run(cli, "tickets", "set-status", str(first["id"]), "in progress").exit_code == 0
+    assert run(cli, "tickets", "set-priority", str(first["id"]), "urgent", "--note", "CFO asks").exit_code == 0
     shown = json.loads(run(cli, "tickets", "show", str(first["id"]), "--json").output)
-    assert shown["department"] == "General" and shown["status"] == "in_progress"
+    assert shown["department"] == "General" and shown["status"] == "in_progress" and shown["priority"] == "urgent"
     kinds = [e["kind"] for e in shown["events"]]
-    assert kinds == ["created", "classified", "routed", "rerouted", "status"]
+    assert kinds == ["created", "classified", "routed", "rerouted", "status", "priority"]
     assert shown["events"][3]["data"]["note"] == "policy question"
 
     table = run(cli, "tickets", "list").output
@@ -70,6 +71,8 @@ def test_tickets_list_show_set_status_and_reroute(cli: CliRunner) -> None:
         (["tickets", "set-status", "99", "resolved"], "no ticket #99"),
         (["tickets", "set-status", "1", "finished"], "unknown status 'finished'"),
         (["tickets", "reroute", "1", "Legal"], "unknown department 'Legal'"),
+        (["tickets", "set-priority", "1", "asap"], "unknown priority 'asap'"),
+        (["tickets", "set-priority", "99", "low"], "no ticket #99"),
         (["tickets", "list", "--department", "Legal"], "unknown department 'Legal'"),
         (["submit", "--from", "ana@example.com", "  "], "empty request"),
         (["inbound", "retry", "42"], "no inbound message 42"),
