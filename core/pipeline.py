@@ -168,8 +168,7 @@ class Pipeline:
         text = message.body if message.body.strip() else message.full_body
 
         def compose(updated: Ticket) -> list[OutboxItem]:
-            post = channel_post(updated, self.replies, event=f"comment-{message.source_id or now.timestamp()}")
-            return [post] if post is not None else []
+            return channel_post(updated, self.replies, event=f"comment-{message.source_id or now.timestamp()}")
 
         refs = (message.source_id,) if message.channel is Channel.EMAIL and message.source_id else ()
         updated = self.store.add_comment(
@@ -206,7 +205,7 @@ class Pipeline:
         def compose(ticket: Ticket) -> list[OutboxItem]:
             items = status_notifications(ticket, self.replies, note=note, thread=thread)
             post = channel_post(ticket, self.replies, event=f"status-{status.value}-{self.clock().timestamp()}")
-            return only_allowed(items, may_mail) + ([post] if post else [])
+            return only_allowed(items, may_mail) + post
 
         return self.store.change_status(ticket_id, status, actor=actor, note=note, compose=compose)
 
@@ -214,8 +213,7 @@ class Pipeline:
         """A person's priority correction, recorded as an event (a labelled example) and shown on the card."""
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
-            post = channel_post(ticket, self.replies, event=f"priority-{priority.value}-{self.clock().timestamp()}")
-            return [post] if post else []
+            return channel_post(ticket, self.replies, event=f"priority-{priority.value}-{self.clock().timestamp()}")
 
         return self.store.set_priority(ticket_id, priority, actor=actor, note=note, compose=compose)
 
@@ -227,8 +225,7 @@ class Pipeline:
             )
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
-            post = channel_post(ticket, self.replies, event=f"rerouted-{self.clock().timestamp()}")
-            return [post] if post else []
+            return channel_post(ticket, self.replies, event=f"rerouted-{self.clock().timestamp()}")
 
         return self.store.reroute(ticket_id, canonical, actor=actor, note=note, compose=compose)
 

@@ -136,11 +136,8 @@ class TicketStore(Protocol):
     def assign(self, ticket_id: int, assignee: str | None, *, actor: str, compose: ComposeReplies) -> Ticket: ...
 
     def auto_reply_counts(self, recipient: str, *, since: Sequence[datetime]) -> list[int]:
-        """``count_auto_replies`` for several start times at once (one query on the hot path)."""
-        ...
-
-    def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
-        """How many automatic mails went (or are queued) to ``recipient`` since ``since``: the loop guard."""
+        """How many automatic mails went (or are queued) to ``recipient`` since each start time, in one query:
+        the loop guard."""
         ...
 
 

@@ -116,17 +116,20 @@ def email_item(
     )
 
 
-def channel_post(ticket: Ticket, settings: ReplySettings, *, event: str = "created") -> OutboxItem | None:
-    """The department channel's card for a ticket (rendered by the Slack sender from current state)."""
+def channel_post(ticket: Ticket, settings: ReplySettings, *, event: str = "created") -> list[OutboxItem]:
+    """The department channel's card for a ticket (rendered by the Slack sender from current state); empty when
+    the department has no channel or Slack is not configured."""
     channel_id = settings.department_channels.get(ticket.department)
     if channel_id is None or OutboxKind.SLACK_POST not in settings.enabled:
-        return None
-    return OutboxItem(
-        kind=OutboxKind.SLACK_POST,
-        dedupe_key=f"slack_post:{ticket.id}:{ticket.department}:{event}",
-        ticket_id=ticket.id,
-        payload={"channel": channel_id, "ticket_id": ticket.id, "event": event},
-    )
+        return []
+    return [
+        OutboxItem(
+            kind=OutboxKind.SLACK_POST,
+            dedupe_key=f"slack_post:{ticket.id}:{ticket.department}:{event}",
+            ticket_id=ticket.id,
+            payload={"channel": channel_id, "ticket_id": ticket.id, "event": event},
+        )
+    ]
 
 
 def acknowledgements(ticket: Ticket, message: Message, settings: ReplySettings) -> list[OutboxItem]:
@@ -155,10 +158,7 @@ def acknowledgements(ticket: Ticket, message: Message, settings: ReplySettings) 
                     payload={"ticket_id": ticket.id, "event": "ack", **dict(message.reply_context)},
                 )
             )
-    post = channel_post(ticket, settings)
-    if post is not None:
-        items.append(post)
-    return items
+    return items + channel_post(ticket, settings)
 
 
 def status_notifications(

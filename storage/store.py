@@ -546,24 +546,6 @@ class SqlStore:
                 for r in s.execute(stmt.order_by(TicketRow.classifier)).all()
             ]
 
-    def reroute_counts(self, *, since: datetime | None = None) -> dict[str, int]:
-        """Tickets rerouted by a person, per original department (the classifier's mistakes)."""
-        stmt = select(TicketEventRow.data, TicketEventRow.ticket_id).where(
-            TicketEventRow.kind == EventKind.REROUTED.value
-        )
-        if since is not None:
-            stmt = stmt.where(TicketEventRow.at >= since)
-        counts: dict[str, int] = {}
-        seen: set[int] = set()
-        with self._tx() as s:
-            for data, ticket_id in s.execute(stmt.order_by(TicketEventRow.id)).all():
-                if ticket_id in seen:
-                    continue  # count a ticket once, by where the classifier first put it
-                seen.add(ticket_id)
-                origin = str(data.get("from"))
-                counts[origin] = counts.get(origin, 0) + 1
-        return counts
-
     def auto_reply_counts(self, recipient: str, *, since: Sequence[datetime]) -> list[int]:
         """How many automatic mails went (or are queued) to ``recipient`` since each of ``since``, in one query."""
         if not since:
@@ -580,18 +562,8 @@ class SqlStore:
             return [int(n) for n in row]
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
-        with self._tx() as s:
-            return int(
-                s.execute(
-                    select(func.count())
-                    .select_from(OutboxRow)
-                    .where(
-                        OutboxRow.recipient == recipient.lower(),
-                        OutboxRow.kind == OutboxKind.EMAIL.value,
-                        OutboxRow.created_at >= since,
-                    )
-                ).scalar_one()
-            )
+        """How many automatic mails went (or are queued) to ``recipient`` since ``since``."""
+        return self.auto_reply_counts(recipient, since=[since])[0]
 
     def _get_row(self, s: Session, ticket_id: int) -> TicketRow:
         row: TicketRow | None = s.execute(
