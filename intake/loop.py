@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from email.message import Message as MimeMessage
@@ -177,10 +178,20 @@ def parse_addresses(values: Sequence[str]) -> list[tuple[str, str]]:
     ``email.utils.getaddresses`` is fast and lenient, but recurses once per nested comment: a From of a thousand
     '(' raises RecursionError. Then the bare addresses are all we take.
     """
+    key = tuple(values)
+    if sum(len(v) for v in key) > 2000:  # never keep a hostile, enormous header in the cache
+        return list(_parse_addresses.__wrapped__(key))
+    return list(_parse_addresses(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_addresses(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    # Cached: the loop rules and the parser each read From/Reply-To/Sender of the same message (five parses
+    # per mail), and getaddresses' strict parsing is a visible share of the per-message cost.
     try:
-        return getaddresses(list(values))
+        return tuple(getaddresses(list(values)))
     except (RecursionError, IndexError, ValueError):
-        return [("", address) for value in values for address in _BARE_ADDRESS.findall(value)]
+        return tuple(("", address) for value in values for address in _BARE_ADDRESS.findall(value))
 
 
 def _local_parts(fields: dict[str, list[str]], names: Iterable[str]) -> list[str]:

@@ -18,6 +18,8 @@ from core.errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Execution option marking a connection whose transactions only read (SQLite begins them DEFERRED).
+READ_ONLY = "ticketbot_read_only"
 
 
 def normalise_url(url: str) -> str:
@@ -75,7 +77,11 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so two processes claiming rows serialise instead of
         # failing with "database is locked" when a read transaction tries to upgrade to a write.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only work (READ_ONLY option) begins DEFERRED: under WAL it neither waits for nor blocks writers.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +19,7 @@ from core.message import Channel
 from core.outbox import OutboxItem, OutboxKind, OutboxStatus, StoredOutboxItem
 from core.ports import ComposeReplies, TicketDraft, TicketFilter
 from core.ticket import EventKind, Priority, Status, Ticket, TicketEvent
+from storage.db import READ_ONLY
 from storage.tables import (
     InboundRow,
     LeaseRow,
@@ -41,15 +42,37 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY: True})
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._reader, expire_on_commit=False)
         self._pg = engine.dialect.name == "postgresql"
+        self._prepare_statements()
+
+    def _prepare_statements(self) -> None:
+        """Statements of the per-message hot path, built once: building them per call (``.values(**kw)``) cost
+        more than executing them. Parameters are bound at execute time, so SQLAlchemy's compiled cache hits."""
+        tables = InboundRow.metadata.tables
+        inbound, tickets, outbox = tables["inbound_messages"], tables["tickets"], tables["outbox"]
+        self._q_receive = self._insert(inbound).on_conflict_do_nothing().returning(inbound.c.id)
+        self._q_finish = update(inbound).where(inbound.c.id == bindparam("inbound_id"))
+        self._q_done = select(inbound.c.ticket_id).where(
+            inbound.c.id == bindparam("inbound_id"), inbound.c.status == InboundStatus.PROCESSED.value
+        )
+        self._q_ticket = select(tickets).where(tickets.c.id == bindparam("ticket_id"))
+        self._q_new_ticket = insert(tickets).returning(tickets.c.id)
+        self._q_event = insert(tables["ticket_events"])
+        self._q_ref = self._insert(tables["message_refs"]).on_conflict_do_nothing()
+        self._q_auto_reply_counts: dict[int, Any] = {}
+        self._q_outbox = self._insert(outbox).on_conflict_do_nothing().returning(outbox.c.id)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        """A session in a transaction; database errors become StorageError at this edge."""
-        session = self._sessions()
+    def _tx(self, *, write: bool = True) -> Iterator[Session]:
+        """A session in a transaction; database errors become StorageError at this edge.
+
+        ``write=False`` is for transactions that only read: on SQLite they skip the write lock."""
+        session = (self._sessions if write else self._read_sessions)()
         try:
             with session.begin():
                 yield session
@@ -60,6 +83,17 @@ class SqlStore:
         finally:
             session.close()
 
+    @contextmanager
+    def _conn(self, *, write: bool = True) -> Iterator[Connection]:
+        """A Core connection in a transaction, for the hot path (no ORM unit of work); errors as in ``_tx``."""
+        try:
+            with (self.engine if write else self._reader).begin() as conn:
+                yield conn
+        except (OperationalError, IntegrityError) as exc:
+            raise StorageError(f"database error: {exc.orig or exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {exc}") from exc
+
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self._pg else sqlite.insert)(table)
 
@@ -68,7 +102,7 @@ class SqlStore:
         return stmt.with_for_update(skip_locked=True) if self._pg else stmt
 
     def ping(self) -> None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             s.execute(select(1))
 
     # -- inbound ----------------------------------------------------------------------------------
@@ -80,12 +114,12 @@ class SqlStore:
         """Commit several raw messages in one transaction (an IMAP batch): all of them, or none."""
         now = _now()
         results: list[Received] = []
-        with self._tx() as s:
+        with self._conn() as conn:
             for record in records:
-                results.append(self._receive(s, record, now))
+                results.append(self._receive(conn, record, now))
         return results
 
-    def _receive(self, s: Session, record: InboundRecord, now: datetime) -> Received:
+    def _receive(self, conn: Connection, record: InboundRecord, now: datetime) -> Received:
         values = {
             "channel": record.channel.value,
             "dedupe_key": record.dedupe_key,
@@ -103,9 +137,7 @@ class SqlStore:
             "last_error": record.last_error,
             "updated_at": now,
         }
-        row_id = s.execute(
-            self._insert(InboundRow).values(**values).on_conflict_do_nothing().returning(InboundRow.id)
-        ).scalar_one_or_none()
+        row_id = conn.execute(self._q_receive, values).scalar_one_or_none()
         if row_id is not None:
             return Received(row_id, created=True)
         match = [InboundRow.dedupe_key == record.dedupe_key]
@@ -117,28 +149,27 @@ class SqlStore:
                     InboundRow.uid == record.uid,
                 )
             )
-        existing = s.execute(select(InboundRow.id, InboundRow.ticket_id).where(or_(*match)).limit(1)).one()
+        existing = conn.execute(select(InboundRow.id, InboundRow.ticket_id).where(or_(*match)).limit(1)).one()
         return Received(existing.id, created=False, ticket_id=existing.ticket_id)
 
     def claim_inbound(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredInbound]:
-        with self._tx() as s:
-            rows = (
-                s.execute(
-                    self._lock(
-                        select(InboundRow)
-                        .where(
-                            InboundRow.status == InboundStatus.RECEIVED.value,
-                            or_(InboundRow.locked_until.is_(None), InboundRow.locked_until < now),
-                        )
-                        .order_by(InboundRow.id)
-                        .limit(limit)
+        inbound = InboundRow.metadata.tables["inbound_messages"]
+        with self._conn() as conn:
+            rows = conn.execute(
+                self._lock(
+                    select(inbound)
+                    .where(
+                        inbound.c.status == InboundStatus.RECEIVED.value,
+                        or_(inbound.c.locked_until.is_(None), inbound.c.locked_until < now),
                     )
+                    .order_by(inbound.c.id)
+                    .limit(limit)
                 )
-                .scalars()
-                .all()
-            )
-            for row in rows:
-                row.locked_until = now + lease
+            ).all()
+            if rows:
+                conn.execute(
+                    update(inbound).where(inbound.c.id.in_([r.id for r in rows])).values(locked_until=now + lease)
+                )
             return [self._inbound(r) for r in rows]
 
     def claim_inbound_by_id(self, inbound_id: int, *, now: datetime, lease: timedelta) -> StoredInbound | None:
@@ -158,12 +189,12 @@ class SqlStore:
             return self._inbound(row)
 
     def get_inbound(self, inbound_id: int) -> StoredInbound | None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.get(InboundRow, inbound_id)
             return self._inbound(row) if row else None
 
     def list_inbound(self, *, status: InboundStatus | None, limit: int) -> list[StoredInbound]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             stmt = select(InboundRow).order_by(InboundRow.id.desc()).limit(limit)
             if status is not None:
                 stmt = stmt.where(InboundRow.status == status.value)
@@ -176,12 +207,24 @@ class SqlStore:
             self._finish(s, inbound_id, status=status, reason=reason, ticket_id=ticket_id)
 
     def _finish(
-        self, s: Session, inbound_id: int, *, status: InboundStatus, reason: str | None, ticket_id: int | None
+        self,
+        s: Session | Connection,
+        inbound_id: int,
+        *,
+        status: InboundStatus,
+        reason: str | None,
+        ticket_id: int | None,
     ) -> None:
         s.execute(
-            update(InboundRow)
-            .where(InboundRow.id == inbound_id)
-            .values(status=status.value, last_error=reason, ticket_id=ticket_id, locked_until=None, updated_at=_now())
+            self._q_finish,
+            {
+                "inbound_id": inbound_id,
+                "status": status.value,
+                "last_error": reason,
+                "ticket_id": ticket_id,
+                "locked_until": None,
+                "updated_at": _now(),
+            },
         )
 
     def fail_inbound(self, inbound_id: int, *, error: str, max_attempts: int, now: datetime) -> InboundStatus:
@@ -213,7 +256,7 @@ class SqlStore:
             return self._inbound(row)
 
     def inbound_counts(self) -> dict[str, int]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return {
                 status: count
                 for status, count in s.execute(
@@ -222,7 +265,8 @@ class SqlStore:
             }
 
     @staticmethod
-    def _inbound(row: InboundRow) -> StoredInbound:
+    def _inbound(row: Any) -> StoredInbound:
+        """A StoredInbound from an ORM row or a Core row of inbound_messages (same attribute names)."""
         return StoredInbound(
             id=row.id,
             channel=Channel(row.channel),
@@ -243,74 +287,67 @@ class SqlStore:
     def open_ticket(self, inbound_id: int | None, draft: TicketDraft, compose: ComposeReplies) -> Ticket:
         now = _now()
         c = draft.classification
-        with self._tx() as s:
+        with self._conn() as conn:
             if inbound_id is not None:
                 # A second worker (or a crash and retry) may have finished this row already: one ticket per request.
-                done = s.execute(
-                    select(InboundRow.ticket_id).where(
-                        InboundRow.id == inbound_id, InboundRow.status == InboundStatus.PROCESSED.value
-                    )
-                ).scalar_one_or_none()
+                done = conn.execute(self._q_done, {"inbound_id": inbound_id}).scalar_one_or_none()
                 if done is not None:
-                    existing = s.get(TicketRow, done)
+                    existing = conn.execute(self._q_ticket, {"ticket_id": done}).one_or_none()
                     if existing is not None:
                         return self._ticket(existing)
-            row = TicketRow(
-                inbound_id=inbound_id,
-                subject=draft.subject[:2000],
-                body=draft.body,
-                requester=draft.requester[:320],
-                requester_name=draft.requester_name[:200],
-                channel=draft.channel.value,
-                department=draft.route.department,
-                priority=c.priority.value,
-                status=Status.NEW.value,
-                confidence=float(c.confidence),
-                summary=c.summary,
-                classifier=c.classifier,
-                classifier_model=c.model,
-                classify_ms=c.latency_ms,
-                tokens_in=c.tokens_in,
-                tokens_out=c.tokens_out,
-                triaged=draft.route.triaged,
-                fallback_reason=c.fallback_reason,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(row)
-            s.flush()
-            self._event(s, row.id, EventKind.CREATED, draft.requester, now, {"channel": draft.channel.value})
-            self._event(
-                s,
-                row.id,
-                EventKind.CLASSIFIED,
-                f"classifier:{c.classifier}",
-                now,
-                {
-                    "department": c.department,
-                    "priority": c.priority.value,
-                    "confidence": round(c.confidence, 4),
-                    "model": c.model,
-                    "latency_ms": c.latency_ms,
-                    "tokens_in": c.tokens_in,
-                    "tokens_out": c.tokens_out,
-                    "fallback_reason": c.fallback_reason,
-                },
-            )
-            self._event(
-                s,
-                row.id,
-                EventKind.ROUTED,
-                "router",
-                now,
-                {"to": draft.route.department, "triaged": draft.route.triaged, "reason": draft.route.reason},
+            values: dict[str, Any] = {
+                "inbound_id": inbound_id,
+                "subject": draft.subject[:2000],
+                "body": draft.body,
+                "requester": draft.requester[:320],
+                "requester_name": draft.requester_name[:200],
+                "channel": draft.channel.value,
+                "department": draft.route.department,
+                "priority": c.priority.value,
+                "status": Status.NEW.value,
+                "assignee": None,
+                "confidence": float(c.confidence),
+                "summary": c.summary,
+                "classifier": c.classifier,
+                "classifier_model": c.model,
+                "classify_ms": c.latency_ms,
+                "tokens_in": c.tokens_in,
+                "tokens_out": c.tokens_out,
+                "triaged": draft.route.triaged,
+                "fallback_reason": c.fallback_reason,
+                "created_at": now,
+                "updated_at": now,
+                "first_action_at": None,
+                "resolved_at": None,
+            }
+            ticket_id = conn.execute(self._q_new_ticket, values).scalar_one()
+            classified = {
+                "department": c.department,
+                "priority": c.priority.value,
+                "confidence": round(c.confidence, 4),
+                "model": c.model,
+                "latency_ms": c.latency_ms,
+                "tokens_in": c.tokens_in,
+                "tokens_out": c.tokens_out,
+                "fallback_reason": c.fallback_reason,
+            }
+            routed = {"to": draft.route.department, "triaged": draft.route.triaged, "reason": draft.route.reason}
+            created = {"channel": draft.channel.value}
+            # One executemany for the three events.
+            conn.execute(
+                self._q_event,
+                [
+                    self._event_values(ticket_id, EventKind.CREATED, draft.requester, now, created),
+                    self._event_values(ticket_id, EventKind.CLASSIFIED, f"classifier:{c.classifier}", now, classified),
+                    self._event_values(ticket_id, EventKind.ROUTED, "router", now, routed),
+                ],
             )
             for ref in draft.message_refs:
-                self._add_ref(s, ref, row.id, "in", now)
-            ticket = self._ticket(row)
-            self._enqueue(s, compose(ticket), now)
+                self._add_ref(conn, ref, ticket_id, "in", now)
+            ticket = self._ticket_from_values(ticket_id, values)
+            self._enqueue(conn, compose(ticket), now)
             if inbound_id is not None:
-                self._finish(s, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=row.id)
+                self._finish(conn, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
             return ticket
 
     def add_comment(
@@ -345,7 +382,7 @@ class SqlStore:
             return ticket
 
     def get_ticket(self, ticket_id: int) -> Ticket | None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.get(TicketRow, ticket_id)
             return self._ticket(row) if row else None
 
@@ -359,11 +396,11 @@ class SqlStore:
             stmt = stmt.where(TicketRow.requester == flt.requester)
         if flt.open_only:
             stmt = stmt.where(TicketRow.status.in_([s.value for s in Status if s.is_open]))
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [self._ticket(r) for r in s.execute(stmt).scalars()]
 
     def ticket_events(self, ticket_id: int) -> list[TicketEvent]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             rows = s.execute(
                 select(TicketEventRow).where(TicketEventRow.ticket_id == ticket_id).order_by(TicketEventRow.id)
             ).scalars()
@@ -376,7 +413,7 @@ class SqlStore:
         wanted = [r[:998] for r in refs if r]
         if not wanted:
             return None
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             found = dict(
                 s.execute(
                     select(MessageRefRow.message_id, MessageRefRow.ticket_id).where(
@@ -391,7 +428,7 @@ class SqlStore:
 
     def message_refs(self, ticket_id: int) -> list[str]:
         """Every Message-ID of a ticket, oldest first: what our next mail about it threads under."""
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return list(
                 s.execute(
                     select(MessageRefRow.message_id)
@@ -480,7 +517,7 @@ class SqlStore:
 
     def corrections(self, limit: int | None = None) -> list[tuple[int, str, str, str]]:
         """(ticket id, subject, body, corrected department) for every ticket a person rerouted, latest wins."""
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             latest = (
                 select(TicketEventRow.ticket_id, func.max(TicketEventRow.id).label("event_id"))
                 .where(TicketEventRow.kind == EventKind.REROUTED.value)
@@ -512,7 +549,7 @@ class SqlStore:
             .order_by(TicketRow.id.desc())
             .limit(limit)
         )
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [(r.subject, r.body, r.department) for r in s.execute(stmt).all()]
 
     def classifier_stats(self, *, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -530,7 +567,7 @@ class SqlStore:
         ).group_by(TicketRow.classifier)
         if since is not None:
             stmt = stmt.where(TicketRow.created_at >= since)
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return [
                 {
                     "classifier": r.classifier,
@@ -550,16 +587,20 @@ class SqlStore:
         """How many automatic mails went (or are queued) to ``recipient`` since each of ``since``, in one query."""
         if not since:
             return []
-        columns = [func.count(case((OutboxRow.created_at >= start, 1))) for start in since]
-        with self._tx() as s:
-            row = s.execute(
-                select(*columns).where(
-                    OutboxRow.recipient == recipient.lower(),
-                    OutboxRow.kind == OutboxKind.EMAIL.value,
-                    OutboxRow.created_at >= min(since),
-                )
-            ).one()
-            return [int(n) for n in row]
+        stmt = self._q_auto_reply_counts.get(len(since))
+        if stmt is None:  # one statement per number of windows, built once (asked for every new ticket)
+            outbox = OutboxRow.metadata.tables["outbox"]
+            columns = [func.count(case((outbox.c.created_at >= bindparam(f"since_{i}"), 1))) for i in range(len(since))]
+            stmt = select(*columns).where(
+                outbox.c.recipient == bindparam("recipient"),
+                outbox.c.kind == OutboxKind.EMAIL.value,
+                outbox.c.created_at >= bindparam("earliest"),
+            )
+            self._q_auto_reply_counts[len(since)] = stmt
+        params: dict[str, Any] = {f"since_{i}": start for i, start in enumerate(since)}
+        params.update(recipient=recipient.lower(), earliest=min(since))
+        with self._conn(write=False) as conn:
+            return [int(n) for n in conn.execute(stmt, params).one()]
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         """How many automatic mails went (or are queued) to ``recipient`` since ``since``."""
@@ -573,19 +614,57 @@ class SqlStore:
             raise NotFound(f"no ticket #{ticket_id}")
         return row
 
-    @staticmethod
-    def _event(s: Session, ticket_id: int, kind: EventKind, actor: str, at: datetime, data: dict[str, Any]) -> None:
-        s.add(TicketEventRow(ticket_id=ticket_id, kind=kind.value, actor=actor[:320], data=data, at=at))
+    def _event(
+        self,
+        s: Session | Connection,
+        ticket_id: int,
+        kind: EventKind,
+        actor: str,
+        at: datetime,
+        data: dict[str, Any],
+    ) -> None:
+        s.execute(self._q_event, self._event_values(ticket_id, kind, actor, at, data))
 
-    def _add_ref(self, s: Session, ref: str, ticket_id: int, direction: str, now: datetime) -> None:
+    @staticmethod
+    def _event_values(
+        ticket_id: int, kind: EventKind, actor: str, at: datetime, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {"ticket_id": ticket_id, "kind": kind.value, "actor": actor[:320], "data": data, "at": at}
+
+    def _add_ref(self, s: Session | Connection, ref: str, ticket_id: int, direction: str, now: datetime) -> None:
         s.execute(
-            self._insert(MessageRefRow)
-            .values(message_id=ref[:998], ticket_id=ticket_id, direction=direction, created_at=now)
-            .on_conflict_do_nothing()
+            self._q_ref, {"message_id": ref[:998], "ticket_id": ticket_id, "direction": direction, "created_at": now}
         )
 
     @staticmethod
-    def _ticket(row: TicketRow) -> Ticket:
+    def _ticket_from_values(ticket_id: int, values: dict[str, Any]) -> Ticket:
+        return Ticket(
+            id=ticket_id,
+            subject=values["subject"],
+            body=values["body"],
+            requester=values["requester"],
+            requester_name=values["requester_name"],
+            channel=Channel(values["channel"]),
+            department=values["department"],
+            priority=Priority(values["priority"]),
+            status=Status(values["status"]),
+            confidence=values["confidence"],
+            summary=values["summary"],
+            classifier=values["classifier"],
+            created_at=values["created_at"],
+            updated_at=values["updated_at"],
+            assignee=values["assignee"],
+            resolved_at=values["resolved_at"],
+            triaged=values["triaged"],
+            classifier_model=values["classifier_model"],
+            classify_ms=values["classify_ms"],
+            tokens_in=values["tokens_in"],
+            tokens_out=values["tokens_out"],
+        )
+
+    @staticmethod
+    def _ticket(row: Any) -> Ticket:
+        """A Ticket from an ORM row or a Core row of the tickets table (same attribute names)."""
         return Ticket(
             id=row.id,
             subject=row.subject,
@@ -616,24 +695,22 @@ class SqlStore:
         with self._tx() as s:
             self._enqueue(s, items, _now())
 
-    def _enqueue(self, s: Session, items: Sequence[OutboxItem], now: datetime) -> None:
+    def _enqueue(self, s: Session | Connection, items: Sequence[OutboxItem], now: datetime) -> None:
         for item in items:
             to = item.payload.get("to")
             inserted = s.execute(
-                self._insert(OutboxRow)
-                .values(
-                    kind=item.kind.value,
-                    ticket_id=item.ticket_id,
-                    dedupe_key=item.dedupe_key[:300],
-                    payload=item.payload,
-                    recipient=to.lower() if isinstance(to, str) else None,
-                    status=OutboxStatus.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing()
-                .returning(OutboxRow.id)
+                self._q_outbox,
+                {
+                    "kind": item.kind.value,
+                    "ticket_id": item.ticket_id,
+                    "dedupe_key": item.dedupe_key[:300],
+                    "payload": item.payload,
+                    "recipient": to.lower() if isinstance(to, str) else None,
+                    "status": OutboxStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                },
             ).scalar_one_or_none()
             message_id = item.payload.get("message_id")
             if inserted is not None and item.ticket_id is not None and isinstance(message_id, str):
@@ -691,14 +768,14 @@ class SqlStore:
             s.execute(update(OutboxRow).where(OutboxRow.id == item_id).values(**values))
 
     def list_outbox(self, *, status: OutboxStatus | None = None, limit: int = 100) -> list[StoredOutboxItem]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             stmt = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
             if status is not None:
                 stmt = stmt.where(OutboxRow.status == status.value)
             return [self._outbox(r) for r in s.execute(stmt).scalars()]
 
     def outbox_counts(self) -> dict[str, int]:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             return {
                 status: count
                 for status, count in s.execute(select(OutboxRow.status, func.count()).group_by(OutboxRow.status)).all()
@@ -755,7 +832,7 @@ class SqlStore:
             )
 
     def mailbox_state(self, mailbox: str) -> dict[str, Any] | None:
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             row = s.get(MailboxStateRow, mailbox)
             if row is None:
                 return None
@@ -786,7 +863,7 @@ class SqlStore:
         The Slack sender finds the ticket's cards here (``sent_ref`` is ``"<channel>:<ts>"``) to thread
         follow-ups under them and to update them in place.
         """
-        with self._tx() as s:
+        with self._tx(write=False) as s:
             rows = s.execute(
                 select(OutboxRow)
                 .where(OutboxRow.ticket_id == ticket_id, OutboxRow.kind == OutboxKind.SLACK_POST.value)
