@@ -177,7 +177,7 @@ def run_reference(host: str, port: int, user: str, password: str, n: int) -> Non
 
 def run_imap(host: str, port: int, user: str, password: str, n: int, threads: int | None) -> None:
     """Our IMAP path, assembled as Runtime.build assembles it, minus the outbox dispatcher and the scheduler."""
-    from bot.runtime import ImapPollerComponent, Loop, build_pipeline, email_decoders, open_store
+    from bot.runtime import ImapPollerComponent, Loop, build_pipeline, email_decoders, open_store, worker_threads
     from core.config import ImapMailboxConfig
     from core.outbox import OutboxKind
     from core.worker import InboundWorker
@@ -202,7 +202,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
         worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
         loops = [
             Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
-            for k in range(1, config.worker.threads + 1)
+            for k in range(1, worker_threads(config, classifier) + 1)
         ]
         poller = ImapPollerComponent(config.email.imap[0], store, owner="bench")
 
@@ -235,7 +235,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
             "acks_queued": sum(outbox.values()),
             "baseline_rss_mib": baseline,
             "peak_rss_mib": peak_rss_mib(),
-            "threads": config.worker.threads,
+            "threads": worker_threads(config, classifier),
             "batch_size": config.email.imap[0].batch_size,
         }
     )
@@ -243,7 +243,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
 
 def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
     """The real SMTP intake on a free port (and optionally the workers); the parent is the sending MTA."""
-    from bot.runtime import Loop, SmtpIntakeComponent, build_pipeline, email_decoders, open_store
+    from bot.runtime import Loop, SmtpIntakeComponent, build_pipeline, email_decoders, open_store, worker_threads
     from core.outbox import OutboxKind
     from core.worker import InboundWorker
 
@@ -261,7 +261,7 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
             worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
             loops = [
                 Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
-                for k in range(1, config.worker.threads + 1)
+                for k in range(1, worker_threads(config, classifier) + 1)
             ]
         intake = SmtpIntakeComponent(config, store)
 

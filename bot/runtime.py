@@ -83,6 +83,18 @@ def build_classifier(config: Config, secrets: Secrets) -> Classifier:
     )
 
 
+def worker_threads(config: Config, classifier: Classifier) -> int:
+    """How many inbound worker threads to run.
+
+    With Claude, ``worker.threads`` of them, so one slow classification (Claude near its deadline) does not hold
+    up the queue. The offline model alone is CPU-bound under the GIL: past two threads they only contend
+    (bench/email_intake.py: 4 threads drained IMAP about a third slower than 1 or 2).
+    """
+    if isinstance(classifier, FallbackClassifier):
+        return config.worker.threads
+    return min(config.worker.threads, 2)
+
+
 def reply_settings(config: Config, enabled: set[OutboxKind]) -> ReplySettings:
     return ReplySettings(
         support_address=config.email.support_addresses[0] if config.email.support_addresses else "support@localhost",
@@ -219,10 +231,9 @@ class Runtime:
             channels.append(http)  # last: stops first, so Slack can finish storing what it acknowledged
         runtime = cls(config=config, secrets=secrets, store=store, pipeline=pipeline, senders=senders)
         worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
-        # Several workers so one slow classification (Claude near its deadline) does not hold up the queue.
         workers = [
             Loop(f"inbound-worker-{n}", worker.run_once, config.worker.poll_seconds)
-            for n in range(1, config.worker.threads + 1)
+            for n in range(1, worker_threads(config, classifier) + 1)
         ]
         dispatcher = OutboxDispatcher(
             store=store,
