@@ -128,6 +128,8 @@ def build_pipeline(
         reopen_window=timedelta(days=config.email.reopen_window_days),
         max_auto_replies_per_hour=config.email.max_auto_replies_per_hour,
         max_auto_replies_per_day=config.email.max_auto_replies_per_day,
+        bounce_suppression=timedelta(days=config.email.bounce_suppression_days),
+        max_similar_per_hour=config.email.max_similar_tickets_per_hour,
     )
 
 

@@ -121,6 +121,8 @@ class EmailConfig(Section):
     attachment_store_bytes: int = Field(default=5 * 1024 * 1024, ge=0)
     max_auto_replies_per_hour: int = Field(default=5, ge=0)
     max_auto_replies_per_day: int = Field(default=20, ge=0)
+    bounce_suppression_days: int = Field(default=60, ge=0)
+    max_similar_tickets_per_hour: int = Field(default=5, ge=0)
     reopen_window_days: int = Field(default=14, ge=0)
 
     @field_validator("support_addresses")

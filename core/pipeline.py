@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
@@ -54,6 +55,10 @@ class Pipeline:
     reopen_window: timedelta = timedelta(days=14)
     max_auto_replies_per_hour: int = 5
     max_auto_replies_per_day: int = 20
+    # A recipient whose server answered a permanent failure (5.x.x) gets no automatic mail for this long.
+    bounce_suppression: timedelta = timedelta(days=60)
+    # More near-identical new tickets than this from one sender in an hour: the rest are parked, unanswered.
+    max_similar_per_hour: int = 5
     clock: Clock = utcnow
 
     def process(self, inbound: StoredInbound) -> Outcome:
@@ -84,6 +89,7 @@ class Pipeline:
                 self.store.finish_inbound(inbound_id, status=InboundStatus.IGNORED, reason="our own mail")
             return Outcome(InboundStatus.IGNORED, reason="our own mail")
 
+        self.note_bounces(message)
         existing = self.thread(message)
         if existing is not None and not self.too_old_to_reopen(existing, message):
             return self.follow_up(message, existing, inbound_id)
@@ -101,6 +107,12 @@ class Pipeline:
             if inbound_id is not None:
                 self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=raise_empty)
             return Outcome(InboundStatus.PARKED, reason=raise_empty)
+
+        repeated = self.repeated_request(message)
+        if repeated is not None:
+            if inbound_id is not None:
+                self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=repeated)
+            return Outcome(InboundStatus.PARKED, reason=repeated)
 
         classification = self.classifier.classify(message.subject, message.body)
         if message.requested_priority in {p.value for p in Priority}:
@@ -184,9 +196,43 @@ class Pipeline:
         log.info("follow-up on #%d from %s%s", ticket.id, message.sender, " (reopened)" if reopen else "")
         return Outcome(InboundStatus.PROCESSED, ticket=updated, created=False)
 
+    def note_bounces(self, message: Message) -> None:
+        """A delivery report naming permanent failures: stop mailing those addresses for a while (Zammad's rule),
+        so a dead mailbox does not collect an acknowledgement per ticket, each bouncing back to us."""
+        bounced = message.reply_context.get("bounced_recipients", "").split()
+        if bounced:
+            until = self.clock() + self.bounce_suppression
+            reason = f"permanent failure reported by {message.sender}"
+            self.store.suppress_recipients(bounced, until=until, reason=reason)
+            log.info("suppressing automatic mail to %s until %s (permanent bounce)", ", ".join(bounced), until.date())
+
+    def repeated_request(self, message: Message) -> str | None:
+        """Why a new email ticket is held back as a repeat, or None: a robot (or a loop) behind a person's address
+        sending the same request again and again would otherwise open and acknowledge each one."""
+        if message.channel is not Channel.EMAIL or self.max_similar_per_hour <= 0:
+            return None
+        subject, body = similar_key(message.subject), similar_key(message.body[:500])
+        if len(subject) + len(body) < 3:
+            return None  # nothing to compare
+        since = self.clock() - timedelta(hours=1)
+        recent = self.store.recent_requests(message.sender, since=since, limit=self.max_similar_per_hour * 4)
+        similar = sum(
+            1
+            for other_subject, other_body in recent
+            if near_identical(subject, similar_key(other_subject)) and near_identical(body, similar_key(other_body))
+        )
+        if similar >= self.max_similar_per_hour:
+            log.warning("parking a repeat from %s: %d near-identical tickets in the last hour", message.sender, similar)
+            return f"repeated: {similar} near-identical requests from {message.sender} in the last hour"
+        return None
+
     def may_auto_reply(self, recipient: str) -> bool:
-        """False when ``recipient`` already had too many automatic mails: loop detection is never complete."""
+        """False when ``recipient`` already had too many automatic mails, or bounced permanently: loop detection
+        is never complete."""
         now = self.clock()
+        if self.store.suppressed_until(recipient, now=now) is not None:
+            log.info("not mailing %s: it bounced permanently", recipient)
+            return False
         hour, day = self.store.auto_reply_counts(recipient, since=[now - timedelta(hours=1), now - timedelta(days=1)])
         if hour >= self.max_auto_replies_per_hour or day >= self.max_auto_replies_per_day:
             log.warning("not mailing %s: automatic reply limit reached (%d/h, %d/day)", recipient, hour, day)
@@ -233,6 +279,23 @@ class Pipeline:
 def only_allowed(items: list[OutboxItem], may_mail: bool) -> list[OutboxItem]:
     """Drop the mail items when the recipient is over the automatic-reply limit; posts are unaffected."""
     return items if may_mail else [i for i in items if "to" not in i.payload]
+
+
+_REPLY_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg|sv|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+_NOISE = re.compile(r"\[#\d+\]|\d+|[^\w]+")
+
+
+def similar_key(text: str) -> str:
+    """Text reduced to what repeats: no reply prefixes, ticket tags, numbers, punctuation or case."""
+    return " ".join(_NOISE.sub(" ", _REPLY_PREFIX.sub("", text)).lower().split())
+
+
+def near_identical(a: str, b: str) -> bool:
+    """Equal, or differing by a few characters (a typo, a timestamp), per difflib's ratio."""
+    if a == b:
+        return True
+    matcher = difflib.SequenceMatcher(None, a, b)
+    return matcher.real_quick_ratio() >= 0.9 and matcher.quick_ratio() >= 0.9 and matcher.ratio() >= 0.9
 
 
 def first_line(text: str, limit: int = 120) -> str:

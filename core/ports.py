@@ -140,6 +140,18 @@ class TicketStore(Protocol):
         the loop guard."""
         ...
 
+    def suppress_recipients(self, addresses: Sequence[str], *, until: datetime, reason: str) -> None:
+        """No automatic mail to these addresses (they bounced permanently) until ``until``."""
+        ...
+
+    def suppressed_until(self, address: str, *, now: datetime) -> datetime | None:
+        """Until when automatic mail to ``address`` is suppressed, or None."""
+        ...
+
+    def recent_requests(self, requester: str, *, since: datetime, limit: int = 50) -> list[tuple[str, str]]:
+        """(subject, start of body) of the newest tickets ``requester`` opened since ``since``."""
+        ...
+
 
 class Store(InboundStore, TicketStore, OutboxStore, Protocol):
     """The whole storage port, as one object implements it."""

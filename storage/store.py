@@ -26,6 +26,7 @@ from storage.tables import (
     MailboxStateRow,
     MessageRefRow,
     OutboxRow,
+    SuppressedRecipientRow,
     TicketEventRow,
     TicketRow,
 )
@@ -601,6 +602,51 @@ class SqlStore:
         params.update(recipient=recipient.lower(), earliest=min(since))
         with self._conn(write=False) as conn:
             return [int(n) for n in conn.execute(stmt, params).one()]
+
+    def suppress_recipients(self, addresses: Sequence[str], *, until: datetime, reason: str) -> None:
+        """Mark addresses that permanently bounced: no automatic mail to them until ``until`` (extended, never
+        shortened, when they bounce again)."""
+        wanted = sorted({a.strip().lower()[:320] for a in addresses if "@" in a})
+        if not wanted:
+            return
+        table = SuppressedRecipientRow.metadata.tables["suppressed_recipients"]
+        now = _now()
+        stmt = self._insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.address],
+            set_={
+                "until": func.max(table.c.until, stmt.excluded.until)
+                if not self._pg
+                else func.greatest(table.c.until, stmt.excluded.until),
+                "reason": stmt.excluded.reason,
+            },
+        )
+        with self._conn() as conn:
+            conn.execute(
+                stmt, [{"address": a, "until": until, "reason": reason[:2000], "created_at": now} for a in wanted]
+            )
+
+    def suppressed_until(self, address: str, *, now: datetime) -> datetime | None:
+        """Until when automatic mail to ``address`` is suppressed (a permanent bounce), or None."""
+        table = SuppressedRecipientRow.metadata.tables["suppressed_recipients"]
+        with self._conn(write=False) as conn:
+            until: datetime | None = conn.execute(
+                select(table.c.until).where(table.c.address == address.strip().lower(), table.c.until > now)
+            ).scalar_one_or_none()
+            return until
+
+    def recent_requests(self, requester: str, *, since: datetime, limit: int = 50) -> list[tuple[str, str]]:
+        """(subject, start of body) of the newest tickets ``requester`` opened since ``since`` (the repeat brake)."""
+        with self._conn(write=False) as conn:
+            return [
+                (subject, body)
+                for subject, body in conn.execute(
+                    select(TicketRow.subject, func.substr(TicketRow.body, 1, 500))
+                    .where(TicketRow.requester == requester[:320], TicketRow.created_at >= since)
+                    .order_by(TicketRow.created_at.desc())
+                    .limit(limit)
+                ).all()
+            ]
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         """How many automatic mails went (or are queued) to ``recipient`` since ``since``."""

@@ -200,3 +200,14 @@ class DigestRunRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class SuppressedRecipientRow(Base):
+    """An address that permanently bounced our mail: no automatic mail goes to it until ``until``."""
+
+    __tablename__ = "suppressed_recipients"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    until: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

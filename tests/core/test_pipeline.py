@@ -260,3 +260,11 @@ def test_a_requested_urgency_sets_the_priority(sqlite_store: SqlStore) -> None:
     assert ticket is not None and ticket.priority is Priority.URGENT
     ignored = pipeline.handle(replace(email("<m2@mail>"), requested_priority="whenever")).ticket
     assert ignored is not None and ignored.priority is Priority.LOW
+
+
+def test_near_identical_ignores_prefixes_tags_numbers_and_case_but_not_a_different_request() -> None:
+    from core.pipeline import near_identical, similar_key
+
+    assert similar_key("RE: Fwd: [#12] ALERT: disk 97% full on build-03") == "alert disk full on build"
+    assert near_identical(similar_key("Printer jammed again"), similar_key("printer jammed agian"))
+    assert not near_identical(similar_key("Printer jammed"), similar_key("Payslip missing"))

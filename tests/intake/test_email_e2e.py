@@ -516,10 +516,14 @@ def test_robots_and_our_own_mail_get_zero_automatic_answers(desk: Desk) -> None:
     assert desk.store.get_ticket(ticket.id).status is Status.NEW  # type: ignore[union-attr]
 
 
+TOPICS = ["Printer jammed", "VPN drops", "Payslip missing", "Desk lamp broken", "Expense claim", "New starter kit",
+          "Parking permit", "Monitor flickers"]
+
+
 def test_one_sender_gets_at_most_the_hourly_limit_of_automatic_mails(desk: Desk) -> None:
     limit = desk.config.email.max_auto_replies_per_hour
-    for k in range(limit + 2):
-        assert desk.send(request(f"Request number {k}", f"Different problem number {k}.")) == 250
+    for topic in TOPICS[: limit + 2]:
+        assert desk.send(request(topic, f"About the {topic.lower()}, please help.")) == 250
     desk.drain()
 
     assert len(desk.tickets()) == limit + 2  # every request is a ticket ...
@@ -617,3 +621,30 @@ def test_the_real_runtime_answers_a_mail_within_seconds(tmp_path: Path) -> None:
     assert header(ack, "Subject") == f"[#{ticket.id}] The heating on floor 2 is broken"
     assert (ticket.classifier, ticket.department) == ("offline", "Facilities")  # the real offline model decided
     assert "Department: Facilities" in text_of(ack)
+
+
+def test_a_permanent_bounce_stops_automatic_mail_to_that_address_for_the_suppression_window(desk: Desk) -> None:
+    _ticket, ack = open_ticket(desk, request("Outlook crashes when opening attachments"))
+    assert desk.send(bounce(ack, status="5.1.1"), sender="") == 250  # ANA's mailbox is gone
+    desk.drain()
+
+    until = desk.store.suppressed_until(ANA, now=datetime.now(UTC))
+    assert until is not None
+    assert until - datetime.now(UTC) > timedelta(days=desk.config.email.bounce_suppression_days - 1)
+    assert desk.send(request("Keyboard missing keys")) == 250
+    desk.drain()
+    assert len(desk.tickets()) == 2  # the request is still a ticket ...
+    assert len(desk.replies()) == 1  # ... but nothing more is mailed to a dead address
+
+
+def test_near_identical_requests_past_the_hourly_brake_are_parked_unanswered(desk: Desk) -> None:
+    limit = desk.config.email.max_similar_tickets_per_hour
+    for k in range(limit + 2):  # a monitoring script mailing the same alert, a counter in each
+        assert desk.send(request(f"ALERT: disk full on build-{k:02d}", f"Disk usage 9{k}% at 03:1{k}.")) == 250
+    desk.drain()
+
+    assert len(desk.tickets()) == limit
+    parked = desk.store.list_inbound(status=InboundStatus.PARKED, limit=10)
+    assert len(parked) == 2
+    assert all((p.last_error or "").startswith("repeated:") for p in parked)
+    assert len(desk.replies()) == min(limit, desk.config.email.max_auto_replies_per_hour)

@@ -260,3 +260,24 @@ def test_receive_many_commits_a_batch_and_reports_duplicates(store: SqlStore) ->
     assert [r.created for r in results] == [True, False, True]
     assert store.receive_many([]) == []
     assert store.auto_reply_counts("nobody@example.com", since=[NOW, NOW - timedelta(days=1)]) == [0, 0]
+
+
+def test_a_suppression_is_extended_by_a_later_bounce_and_never_shortened(store: SqlStore) -> None:
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    store.suppress_recipients(["Gone@Example.com", "not-an-address"], until=now + timedelta(days=60), reason="5.1.1")
+    store.suppress_recipients(["gone@example.com"], until=now + timedelta(days=10), reason="5.1.1 again")
+    assert store.suppressed_until("gone@example.com", now=now) == now + timedelta(days=60)
+    store.suppress_recipients(["gone@example.com"], until=now + timedelta(days=90), reason="5.1.1 later")
+    assert store.suppressed_until("GONE@example.com", now=now) == now + timedelta(days=90)
+    assert store.suppressed_until("gone@example.com", now=now + timedelta(days=91)) is None
+    assert store.suppressed_until("not-an-address", now=now) is None
+
+
+def test_recent_requests_are_the_requesters_newest_since_a_time(store: SqlStore) -> None:
+    for subject in ["First", "Second", "Third"]:
+        store.open_ticket(None, draft(subject=subject), lambda _t: [])
+    store.open_ticket(None, draft(subject="Other person's", requester="bob@example.com"), lambda _t: [])
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    recent = store.recent_requests("ana@example.com", since=since, limit=2)
+    assert [subject for subject, _body in recent] == ["Third", "Second"]
+    assert store.recent_requests("ana@example.com", since=datetime.now(UTC) + timedelta(minutes=1)) == []
