@@ -11,6 +11,8 @@ Each post records ``"<channel>:<ts>"`` as its ``sent_ref``; follow-ups thread un
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 import time
@@ -68,6 +70,7 @@ RETRYABLE = frozenset(
     }
 )
 CARD_METADATA_TYPE = "ticketbot_ticket"
+DIGEST_METADATA_TYPE = "ticketbot_digest"  # digest posts carry their outbox dedupe key under it
 ALERT_INTERVAL = 600.0  # seconds between two admin alerts about the same broken channel
 
 
@@ -207,6 +210,7 @@ class SlackDelivery:
             OutboxKind.SLACK_UPDATE: _KindSender(self.update),
             OutboxKind.SLACK_RESPOND: _KindSender(self.respond),
             OutboxKind.SLACK_DM: _KindSender(self.dm),
+            OutboxKind.SLACK_DIGEST: _KindSender(self.digest),
         }
 
     # -- department channels ----------------------------------------------------------------------------------
@@ -476,6 +480,82 @@ class SlackDelivery:
     def _trusted(self, url: str) -> bool:
         parsed = urlparse(url)
         return parsed.scheme in ("https", "http") and parsed.hostname in self._response_hosts
+
+    # -- digests (issue 6) -----------------------------------------------------------------------------------------
+
+    def digest(self, item: StoredOutboxItem) -> str | None:
+        """A digest post: blocks rendered from the stored digest; the admin one carries its chart as a file.
+
+        With a chart the post is one files upload v2 (get an upload URL, send the PNG, complete the upload with
+        the digest's blocks), so the chart and the digest arrive as one message. A retry starts over: an upload
+        that was never completed is never shared, so a failure at any step cannot show the chart twice.
+        Before posting, the channel's recent history is searched for this digest (by its metadata, or its
+        chart's file name): a process that died after Slack accepted the post but before the outbox recorded
+        it does not post it again.
+        """
+        from core.digest import digest_from_json, slack_blocks, slack_text
+
+        payload = item.payload
+        channel = str(payload["channel"])
+        digest = digest_from_json(payload["digest"])
+        chart = payload.get("chart_png")
+        filename = f"ticketbot-{digest.period.key.replace(':', '-')}.png" if chart else None
+        earlier = self._posted_before(item, channel, filename)
+        if earlier is not None:
+            log.info("digest %s: already in %s (an earlier attempt posted it)", item.dedupe_key, channel)
+            return earlier
+        blocks = slack_blocks(digest)
+        if chart and filename:
+            response = call(
+                "files upload v2",
+                self.client.files_upload_v2,
+                channel=channel,
+                file=base64.b64decode(str(chart)),
+                filename=filename,
+                title="Tickets per day per department, last 14 days",
+                blocks=json.dumps(blocks),
+            )
+            files = response.get("files") or [{}]
+            return f"{channel}:file:{files[0].get('id', '')}"
+        response = call(
+            "chat.postMessage",
+            self.client.chat_postMessage,
+            channel=channel,
+            text=slack_text(digest),
+            blocks=blocks,
+            link_names=False,
+            unfurl_links=False,
+            unfurl_media=False,
+            metadata={"event_type": DIGEST_METADATA_TYPE, "event_payload": {"key": item.dedupe_key}},
+        )
+        return f"{response.get('channel') or channel}:{response['ts']}"
+
+    def _posted_before(self, item: StoredOutboxItem, channel: str, filename: str | None) -> str | None:
+        """``"<channel>:<ts>"`` of this digest's post if it is already in the channel, else None.
+
+        Reads the history since the item was queued (``channels:history``; ``groups:history`` for a private
+        channel). When Slack will not show it, the post goes ahead: a rare duplicate beats a lost digest.
+        """
+        oldest = f"{item.created_at.timestamp() - 60:.6f}"
+        try:
+            response = self.client.conversations_history(
+                channel=channel, oldest=oldest, limit=200, include_all_metadata=True
+            )
+        except SlackApiError as exc:
+            if exc.response.status_code == 429:
+                raise slack_error(exc, "conversations.history", channel) from exc
+            log.info("digest %s: cannot check %s for an earlier post (%s); posting", item.dedupe_key, channel,
+                     exc.response.get("error") if isinstance(exc.response.data, dict) else exc.response.status_code)
+            return None
+        except (SlackClientError, OSError, ValueError) as exc:
+            raise DeliveryError(f"conversations.history: {type(exc).__name__}: {exc}") from exc
+        for message in response.get("messages") or []:
+            metadata = message.get("metadata") or {}
+            key = (metadata.get("event_payload") or {}).get("key")
+            named = filename is not None and any(f.get("name") == filename for f in message.get("files") or [])
+            if (metadata.get("event_type") == DIGEST_METADATA_TYPE and key == item.dedupe_key) or named:
+                return f"{channel}:{message['ts']}"
+        return None
 
     # -- shared ---------------------------------------------------------------------------------------------------
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from core.errors import DeliveryError, PermanentDeliveryError
+from core.errors import DeliveryError, PermanentDeliveryError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ class OutboxKind(StrEnum):
     SLACK_DM = "slack_dm"
     SLACK_RESPOND = "slack_respond"
     SLACK_UPDATE = "slack_update"
+    SLACK_DIGEST = "slack_digest"  # a digest post, with its chart when it has one (bot/digest.py)
+    DIGEST_EMAIL = "digest_email"  # the admin digest by email, chart inline; not counted by the reply loop guard
 
 
 class OutboxStatus(StrEnum):
@@ -111,42 +114,68 @@ class OutboxDispatcher:
     batch_size: int = 50
     lease: timedelta = timedelta(minutes=5)
 
+    # Outcomes (sent, failed) the database could not take when they happened; one dispatcher thread uses this.
+    _unrecorded: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
     def run_once(self, now: datetime) -> int:
-        """Deliver one batch of due items; returns how many were attempted."""
+        """Deliver one batch of due items; returns how many were attempted.
+
+        Raises StorageError while outcomes from an earlier round still cannot be recorded (the database is
+        down): nothing new is claimed until they are.
+        """
+        while self._unrecorded:
+            self._unrecorded[0]()
+            self._unrecorded.pop(0)
         items = self.store.claim_due_outbox(now=now, limit=self.batch_size, lease=self.lease)
         for item in items:
             self.deliver(item, now)
         return len(items)
 
+    def _record(self, action: Callable[[], None]) -> None:
+        # The database went away between the claim and the outcome: keep the outcome and record it first thing
+        # next round. Otherwise the item stays claimed for the whole lease, and a sent one is sent again after it.
+        try:
+            action()
+        except StorageError as exc:
+            log.warning("outbox: cannot record a delivery outcome yet (%s); will retry", exc)
+            self._unrecorded.append(action)
+
     def deliver(self, item: StoredOutboxItem, now: datetime) -> None:
         sender = self.senders.get(item.kind)
         if sender is None:
             # Put it back soon without counting an attempt: the channel may be enabled later.
-            self.store.mark_outbox_failed(
-                item.id,
-                error=f"no sender for {item.kind}",
-                next_attempt_at=now + timedelta(minutes=1),
-                now=now,
-                count_attempt=False,
+            self._record(
+                lambda: self.store.mark_outbox_failed(
+                    item.id,
+                    error=f"no sender for {item.kind}",
+                    next_attempt_at=now + timedelta(minutes=1),
+                    now=now,
+                    count_attempt=False,
+                )
             )
             return
         try:
             ref = sender.send(item)
         except PermanentDeliveryError as exc:
             log.warning("outbox %s (%s) parked: %s", item.id, item.kind, exc)
-            self.store.mark_outbox_failed(item.id, error=str(exc), next_attempt_at=None, now=now)
+            error = str(exc)
+            self._record(lambda: self.store.mark_outbox_failed(item.id, error=error, next_attempt_at=None, now=now))
         except DeliveryError as exc:
             attempts = item.attempts + 1
             if attempts >= self.policy.max_attempts:
                 log.warning("outbox %s (%s) parked after %d attempts: %s", item.id, item.kind, attempts, exc)
-                self.store.mark_outbox_failed(item.id, error=str(exc), next_attempt_at=None, now=now)
+                error = str(exc)
+                self._record(
+                    lambda: self.store.mark_outbox_failed(item.id, error=error, next_attempt_at=None, now=now)
+                )
             else:
                 delay = self.policy.delay(attempts, exc.retry_after)
                 log.info(
                     "outbox %s (%s) attempt %d failed, retry in %.1fs: %s", item.id, item.kind, attempts, delay, exc
                 )
-                self.store.mark_outbox_failed(
-                    item.id, error=str(exc), next_attempt_at=now + timedelta(seconds=delay), now=now
+                error, retry_at = str(exc), now + timedelta(seconds=delay)
+                self._record(
+                    lambda: self.store.mark_outbox_failed(item.id, error=error, next_attempt_at=retry_at, now=now)
                 )
         else:
-            self.store.mark_outbox_sent(item.id, sent_ref=ref, now=now)
+            self._record(lambda: self.store.mark_outbox_sent(item.id, sent_ref=ref, now=now))

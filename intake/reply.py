@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -47,6 +48,8 @@ def build_reply(item: StoredOutboxItem, *, instance_id: str, now: datetime | Non
     Raises:
         PermanentDeliveryError: the item is not an email, or its To/From is not one valid address.
     """
+    if item.kind is OutboxKind.DIGEST_EMAIL:
+        return build_digest_email(item, instance_id=instance_id, now=now)
     if item.kind is not OutboxKind.EMAIL:
         raise PermanentDeliveryError(f"outbox item {item.id} is {item.kind}, not an email")
     payload = item.payload
@@ -79,6 +82,48 @@ def build_reply(item: StoredOutboxItem, *, instance_id: str, now: datetime | Non
         text += "\n"
     ascii_only = text.isascii() and all(len(line) <= 998 for line in text.splitlines())
     msg.set_content(text, subtype="plain", charset="utf-8", cte="7bit" if ascii_only else "quoted-printable")
+    return msg
+
+
+def build_digest_email(item: StoredOutboxItem, *, instance_id: str, now: datetime | None = None) -> EmailMessage:
+    """The admin digest as mail: text and HTML alternatives, the chart inline (``cid:``) in the HTML part.
+
+    Not a reply, so RFC 3834's ``auto-generated`` (rather than ``auto-replied``) and no threading headers.
+
+    Raises:
+        PermanentDeliveryError: the To/From is not one valid address, or the stored digest is unreadable.
+    """
+    from core.digest import digest_from_json, email_subject, render_html, render_text
+
+    payload = item.payload
+    to = _address(payload.get("to"), role="To", item=item)
+    sender = _address(payload.get("from"), role="From", item=item)
+    try:
+        digest = digest_from_json(payload["digest"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentDeliveryError(f"outbox item {item.id}: unreadable digest: {exc}") from exc
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = Address(
+        display_name=_one_line(str(payload.get("from_name") or "")), username=sender.username, domain=sender.domain
+    )
+    msg["To"] = to
+    msg["Subject"] = _one_line(email_subject(digest))[:MAX_SUBJECT]
+    msg["Date"] = now or datetime.now(UTC)
+    msg.set_raw("Message-ID", reply_message_id(item))
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "All"
+    msg["Precedence"] = "bulk"
+    msg[LOOP_HEADER] = _one_line(instance_id) or "ticketbot"
+    msg.set_content(render_text(digest), subtype="plain", charset="utf-8", cte="quoted-printable")
+    chart = payload.get("chart_png")
+    # The chart's Content-ID is derived from the item, so a retried send carries the same one.
+    cid = f"chart-{item.id}@{sender.domain}" if chart else None
+    msg.add_alternative(render_html(digest, chart_cid=cid), subtype="html", charset="utf-8", cte="quoted-printable")
+    html_part = msg.get_body(preferencelist=("html",))
+    if chart and cid and isinstance(html_part, EmailMessage):
+        html_part.add_related(
+            base64.b64decode(str(chart)), maintype="image", subtype="png", cid=f"<{cid}>", filename="chart.png"
+        )
     return msg
 
 

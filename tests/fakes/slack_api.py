@@ -73,6 +73,8 @@ class FakeSlackAPI:
         self.channels: dict[str, ChannelState] = {}
         self.usergroups: dict[str, list[str]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.files: dict[str, dict[str, Any]] = {}  # files upload v2: file id -> {filename, length, data, ...}
+        self.ts_base = 1_700_000_000  # message ts = this + a counter; a test with a fixed clock can move it
         self._calls: list[Call] = []
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Condition()
@@ -204,7 +206,7 @@ class FakeSlackAPI:
         return None
 
     def _next_ts(self) -> str:
-        return f"{1_700_000_000 + next(self._ts)}.000100"
+        return f"{self.ts_base + next(self._ts)}.000100"
 
     def _reachable(self, channel: str) -> str | None:
         """Why the bot cannot post in ``channel`` (Slack's error code), or None."""
@@ -301,6 +303,78 @@ class FakeSlackAPI:
         view = json.loads(view) if isinstance(view, str) else view
         return {"ok": True, "view": {**(view or {}), "id": f"V{next(self._ts):08d}"}}
 
+    def api_conversations_history(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Top-level messages newest first, from ``oldest`` on; metadata only with ``include_all_metadata``."""
+        channel = str(params.get("channel", ""))
+        if channel not in self.channels:
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(params.get("oldest") or 0)
+        with_metadata = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        with self._lock:
+            found = [
+                {k: v for k, v in m.items() if with_metadata or k != "metadata"}
+                for m in reversed(self.messages.get(channel, []))
+                if not m.get("thread_ts") and float(m["ts"]) >= oldest
+            ]
+        return {"ok": True, "messages": found[: int(params.get("limit") or 100)], "has_more": False}
+
+    # files upload v2: getUploadURLExternal -> POST the bytes to upload_url -> completeUploadExternal shares them.
+
+    def api_files_getUploadURLExternal(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        file_id = f"F{next(self._ts):08d}"
+        with self._lock:
+            self.files[file_id] = {
+                "id": file_id,
+                "filename": params.get("filename"),
+                "length": int(params.get("length") or 0),
+                "data": None,
+                "shared": False,
+            }
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def upload(self, file_id: str, data: bytes) -> tuple[int, dict[str, str], Any]:
+        """The upload URL's side: keep the bytes (a call recorded as ``files.upload``)."""
+        with self._lock:
+            self._calls.append(Call("files.upload", {"file_id": file_id, "size": len(data)}, {}, time.monotonic()))
+            self._lock.notify_all()
+            fault = self._take_fault("files.upload", {"file_id": file_id})
+            if fault is not None:
+                return fault.status, fault.headers, fault.body if fault.body is not None else "error"
+            if file_id not in self.files:
+                return 404, {}, "no such upload"
+            self.files[file_id]["data"] = data
+        return 200, {}, f"OK - {len(data)}"
+
+    def api_files_completeUploadExternal(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        files = params.get("files")
+        files = json.loads(files) if isinstance(files, str) else files or []
+        channel = str(params.get("channel_id") or "")
+        with self._lock:
+            for f in files:
+                state = self.files.get(str(f.get("id")))
+                if state is None or state["data"] is None:
+                    return {"ok": False, "error": "file_upload_not_found"}
+        if channel:
+            error = self._reachable(channel)
+            if error:
+                return {"ok": False, "error": error}
+        shared = []
+        with self._lock:
+            for f in files:
+                state = self.files[str(f["id"])]
+                state.update(title=f.get("title"), shared=bool(channel))
+                shared.append({"id": state["id"], "title": state["title"], "name": state["filename"]})
+            if channel:
+                message = {
+                    "ts": self._next_ts(),
+                    "text": params.get("initial_comment") or "",
+                    "blocks": params.get("blocks"),
+                    "thread_ts": params.get("thread_ts"),
+                    "files": shared,
+                }
+                self.messages.setdefault(channel, []).append(message)
+        return {"ok": True, "files": shared}
+
 
 def _matches(params: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
     return all(params.get(k) == v for k, v in where.items())
@@ -324,6 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
         parsed = urlparse(self.path)
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if parsed.path.startswith("/upload/"):
+            status, extra_headers, body = fake.upload(parsed.path.removeprefix("/upload/"), raw)
+            self._answer(status, extra_headers, body)
+            return
         params: dict[str, Any] = dict(parse_qsl(parsed.query))
         content_type = self.headers.get("content-type", "")
         if raw and "json" in content_type:
@@ -340,6 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
             method = "respond"
             params["_path"] = parsed.path
         status, extra_headers, body = fake.handle(method, params, headers)
+        self._answer(status, extra_headers, body)
+
+    def _answer(self, status: int, extra_headers: Mapping[str, str], body: Any) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "text/plain" if isinstance(body, str) else "application/json")
