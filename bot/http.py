@@ -24,7 +24,10 @@ from core.config import Config, HttpConfig
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from bot.api.deps import ApiContext
     from bot.slack import SlackChannel
+    from core.pipeline import Pipeline
+    from storage.store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +75,21 @@ def slack_router(app: App) -> APIRouter:
     return router
 
 
-def create_http_app(*, slack: SlackChannel | None = None, routers: Sequence[APIRouter] = ()) -> FastAPI:
-    """The bot's FastAPI app: ``/healthz``, ``/slack/events`` when Slack runs in HTTP mode, and ``routers``."""
+def create_http_app(
+    *, slack: SlackChannel | None = None, routers: Sequence[APIRouter] = (), api: ApiContext | None = None
+) -> FastAPI:
+    """The bot's FastAPI app: ``/healthz``, ``/slack/events`` when Slack runs in HTTP mode, ``routers``, and the
+    REST API at ``/api/v1`` (its own sub-app with its OpenAPI document) when ``api`` is given."""
     app = FastAPI(title="ticketbot", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(health_router())
     if slack is not None and slack.mode == "http":
         app.include_router(slack_router(slack.app))
     for router in routers:
         app.include_router(router)
+    if api is not None:
+        from bot.api.app import PREFIX, create_api_app
+
+        app.mount(PREFIX, create_api_app(api))
     return app
 
 
@@ -169,8 +179,11 @@ class HttpServer:
         self._server = self._thread = self._listener = None
 
 
-def http_component(config: Config, slack: SlackChannel | None) -> HttpServer | None:
-    """The HTTP server for ``config.http`` (None when ``http.enabled`` is false), with Slack's endpoint in HTTP mode.
+def http_component(
+    config: Config, slack: SlackChannel | None, *, store: SqlStore | None = None, pipeline: Pipeline | None = None
+) -> HttpServer | None:
+    """The HTTP server for ``config.http`` (None when ``http.enabled`` is false), with Slack's endpoint in HTTP mode
+    and the REST API when ``api.enabled`` and a store and pipeline are given.
 
     Raises:
         ConfigError: Slack runs in HTTP mode but the HTTP server is disabled.
@@ -179,4 +192,9 @@ def http_component(config: Config, slack: SlackChannel | None) -> HttpServer | N
         if slack is not None and slack.mode == "http":
             raise ConfigError("slack.mode: 'http' needs the HTTP server (http.enabled: true)")
         return None
-    return HttpServer(config.http, create_http_app(slack=slack))
+    api = None
+    if config.api.enabled and store is not None and pipeline is not None:
+        from bot.api.deps import ApiContext
+
+        api = ApiContext.build(config, store, pipeline)
+    return HttpServer(config.http, create_http_app(slack=slack, api=api))
