@@ -45,6 +45,7 @@ class EventKind(StrEnum):
     ASSIGNED = "assigned"
     COMMENT = "comment"
     REPLY_SENT = "reply_sent"
+    IMPORTED = "imported"  # bulk import (bot/io): historical data, nobody was notified
 
 
 @dataclass(frozen=True, slots=True)
