@@ -142,11 +142,11 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Apply database migrations (idempotent)."""
-    from storage.db import make_engine, upgrade
+    from storage.db import ensure_schema, make_engine
 
     with errors():
         engine = make_engine(ctx.config.database_url)
-        upgrade(engine)
+        ensure_schema(engine)  # under PostgreSQL's advisory lock: replicas starting together take turns
         click.echo(f"database at the latest schema: {engine.url.render_as_string(hide_password=True)}")
 
 
@@ -744,4 +744,17 @@ def parse_priority(value: str) -> Priority:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m bot.cli`: run the CLI of the module imported under its own name, where the commands below are
+    # registered. Registering them here too would import bot.cli a second time, half-built, and fail.
+    from bot.cli import main as registered
+
+    registered()
+else:
+    # Registered last: these modules import this one for Context and the helpers.
+    from bot.cli_api import tokens as _tokens
+    from bot.cli_digest import digest as _digest
+    from bot.cli_io import export as _export
+    from bot.cli_io import import_ as _import
+
+    for _command in (_digest, _tokens, _import, _export):
+        main.add_command(_command)

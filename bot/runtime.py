@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -44,7 +44,7 @@ def configure_logging(level: str) -> None:
         force=True,  # the CLI configured WARNING for one-shot commands; `run` logs what it starts
     )
     # Per-connection chatter from aiosmtpd and per-step notes from alembic drown the lines people need.
-    for noisy in ("mail.log", "alembic", "apscheduler.scheduler"):
+    for noisy in ("mail.log", "alembic", "apscheduler.scheduler", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -182,14 +182,17 @@ class Loop:
 
 
 class SchedulerComponent:
-    """APScheduler's BackgroundScheduler; later stages add digest and training jobs to it."""
+    """APScheduler's BackgroundScheduler; each ``jobs`` callable adds its jobs (digests, training) before start."""
 
     name = "scheduler"
 
-    def __init__(self, timezone: str) -> None:
+    def __init__(self, timezone: str, jobs: Sequence[Callable[[BackgroundScheduler], None]] = ()) -> None:
         self.scheduler = BackgroundScheduler(timezone=timezone)
+        self.jobs = list(jobs)
 
     def start(self) -> None:
+        for register in self.jobs:
+            register(self.scheduler)
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -228,8 +231,19 @@ class Runtime:
         senders.update(slack_senders)
         decoders.update(slack_decoders)
         channels.extend(slack_parts)
-        http = http_component(config, slack_parts[0] if slack_parts else None)
+        http = http_component(config, slack_parts[0] if slack_parts else None, store=store, pipeline=pipeline)
         if http is not None:
+            from bot.health import mount_observability
+
+            mount_observability(  # /readyz and /metrics; the pipeline reports each ticket it opens to the metrics
+                http.app,
+                config=config,
+                engine=store.engine,
+                pipeline=pipeline,
+                smtp=[c.server for c in channels if isinstance(c, SmtpIntakeComponent)],
+                slack=slack_parts[0] if slack_parts else None,
+                outbox_kinds=set(senders),
+            )
             channels.append(http)  # last: stops first, so Slack can finish storing what it acknowledged
         runtime = cls(config=config, secrets=secrets, store=store, pipeline=pipeline, senders=senders)
         worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
@@ -257,7 +271,12 @@ class Runtime:
             set_wake = getattr(channel, "set_wake", None)
             if callable(set_wake):
                 set_wake(wake_workers)
-        runtime.components = [*workers, outbox_loop, SchedulerComponent(config.digests.timezone), *channels]
+        from bot.digest import DigestService
+        from storage.digests import SqlDigestStore
+
+        digests = DigestService(config, SqlDigestStore(store), slack=OutboxKind.SLACK_DIGEST in senders)
+        scheduler = SchedulerComponent(config.digests.timezone, [digests.register])
+        runtime.components = [*workers, outbox_loop, scheduler, *channels]
         return runtime
 
     def start(self) -> None:
@@ -382,6 +401,7 @@ def _add_email(
     """Email channel: parsing, SMTP intake, IMAP pollers and reply delivery (relay, or files under var/outbox)."""
     decoders.update(email_decoders(config))
     senders[OutboxKind.EMAIL] = email_sender(config)
+    senders[OutboxKind.DIGEST_EMAIL] = senders[OutboxKind.EMAIL]  # the same relay or folder; built by kind
     if config.email.relay is None:
         log.info("email: no relay configured; replies are written to %s", config.outbox_dir)
     if config.email.smtp_intake.enabled:

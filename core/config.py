@@ -153,6 +153,17 @@ class HttpConfig(Section):
     port: int = Field(default=8080, ge=0, le=65535)
 
 
+class ApiConfig(Section):
+    """The REST API under /api/v1 on the HTTP server (issue 7)."""
+
+    enabled: bool = True
+    # Per-token token bucket, per replica: ``burst`` requests at once, refilled at ``rate_limit_per_second``.
+    rate_limit_per_second: float = Field(default=20.0, ge=0)  # 0 turns rate limiting off
+    rate_limit_burst: int = Field(default=40, ge=1)
+    token_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    max_page_size: int = Field(default=200, ge=1, le=1000)
+
+
 class DigestConfig(Section):
     enabled: bool = True
     timezone: str = "Europe/London"
@@ -162,6 +173,33 @@ class DigestConfig(Section):
     stale_days: int = Field(default=3, ge=1)
     admin_emails: list[str] = Field(default_factory=list)
 
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone such as Europe/London") from None
+        return value
+
+    @field_validator("department_cron", "admin_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # The full check (APScheduler's parser) runs when the bot builds the schedule; catch the common slip here.
+        if len(value.split()) != 5:
+            raise ValueError(f"{value!r} needs five fields: minute hour day month day-of-week")
+        return value
+
+    @field_validator("admin_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if "@" not in address:
+                raise ValueError(f"{address!r} is not an email address")
+        return value
+
 
 class OutboxConfig(Section):
     max_attempts: int = Field(default=8, ge=1, le=100)
@@ -169,6 +207,16 @@ class OutboxConfig(Section):
     max_delay_seconds: float = Field(default=3600.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=50, ge=1)
+
+
+class HealthConfig(Section):
+    """Thresholds for ``/readyz`` and how fresh ``/metrics`` database figures are."""
+
+    database_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    imap_stale_polls: float = Field(default=3.0, ge=1)
+    outbox_max_pending: int = Field(default=1000, ge=0)
+    outbox_max_age_seconds: float = Field(default=900.0, ge=0)
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
 
 class WorkerConfig(Section):
@@ -203,9 +251,11 @@ class Config(BaseSettings):
     email: EmailConfig = EmailConfig()
     slack: SlackConfig = SlackConfig()
     http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
     digests: DigestConfig = DigestConfig()
     outbox: OutboxConfig = OutboxConfig()
     worker: WorkerConfig = WorkerConfig()
+    health: HealthConfig = HealthConfig()
 
     @classmethod
     def settings_customise_sources(

@@ -9,9 +9,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from core.classify.base import Classifier
+from core.classify.base import Classification, Classifier
 from core.errors import InvalidInput, MalformedMessage, NotFound
 from core.inbound import InboundStatus, StoredInbound
 from core.message import Channel, Message
@@ -43,6 +43,12 @@ class Outcome:
     reason: str | None = None
 
 
+class PipelineObserver(Protocol):
+    """Told about each ticket the pipeline opens (the bot turns it into metrics); must be quick and never raise."""
+
+    def ticket_opened(self, ticket: Ticket, classification: Classification) -> None: ...
+
+
 @dataclass
 class Pipeline:
     """Message -> thread or Ticket -> Classification -> Route -> replies; collaborators come in by constructor."""
@@ -60,6 +66,7 @@ class Pipeline:
     # More near-identical new tickets than this from one sender in an hour: the rest are parked, unanswered.
     max_similar_per_hour: int = 5
     clock: Clock = utcnow
+    observer: PipelineObserver | None = None
 
     def process(self, inbound: StoredInbound) -> Outcome:
         """Turn one stored inbound message into a ticket or a follow-up; parks what needs a person.
@@ -130,8 +137,9 @@ class Pipeline:
             message_refs=(message.source_id,) if message.channel is Channel.EMAIL and message.source_id else (),
         )
 
-        # Asked before the transaction: compose runs inside it and must not open another.
-        may_mail = self.may_auto_reply(message.sender)
+        # Asked before the transaction: compose runs inside it and must not open another. Only email is mailed
+        # back (Slack, CLI and API requests are answered where they came from), so only email pays the query.
+        may_mail = message.channel is not Channel.EMAIL or self.may_auto_reply(message.sender)
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
             return only_allowed(acknowledgements(ticket, message, self.replies), may_mail)
@@ -146,6 +154,8 @@ class Pipeline:
             ticket.confidence * 100,
             ticket.classifier,
         )
+        if self.observer is not None:
+            self.observer.ticket_opened(ticket, classification)
         return Outcome(InboundStatus.PROCESSED, ticket=ticket, created=True)
 
     def thread(self, message: Message) -> Ticket | None:
@@ -245,7 +255,7 @@ class Pipeline:
         current = self.store.get_ticket(ticket_id)
         if current is None:
             raise NotFound(f"no ticket #{ticket_id}")
-        may_mail = self.may_auto_reply(current.requester)
+        may_mail = current.channel is not Channel.EMAIL or self.may_auto_reply(current.requester)
         thread = self.store.message_refs(ticket_id) if current.channel is Channel.EMAIL else []
 
         def compose(ticket: Ticket) -> list[OutboxItem]:

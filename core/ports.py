@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from core.classify.base import Classification
+from core.digest import DigestPeriod, OpenCount, QueueFigures, RoutingFigures, TicketLine
 from core.inbound import InboundRecord, InboundStatus, Received, StoredInbound
 from core.message import Channel
 from core.outbox import OutboxItem, OutboxStore
@@ -155,3 +156,57 @@ class TicketStore(Protocol):
 
 class Store(InboundStore, TicketStore, OutboxStore, Protocol):
     """The whole storage port, as one object implements it."""
+
+
+class DigestStore(Protocol):
+    """The SQL aggregates and the exactly-once claim behind digests (storage/digests.py implements it)."""
+
+    def last_digest_end(self, scope: str, *, before: date) -> datetime | None:
+        """Where the scope's latest delivered digest for a day before ``before`` ended, or None."""
+        ...
+
+    def digest_status(self, scope: str, day: date) -> str | None:
+        """The recorded status of the scope's digest for ``day`` (enqueued, skipped), or None."""
+        ...
+
+    def claim_digest(
+        self, period: DigestPeriod, items: Sequence[OutboxItem], *, now: datetime, retake_skipped: bool = False
+    ) -> bool:
+        """Record the digest as sent and enqueue its deliveries in one transaction; False (nothing enqueued) when
+        another process already did, or it was skipped and ``retake_skipped`` is False."""
+        ...
+
+    def skip_digest(self, period: DigestPeriod, *, now: datetime, reason: str) -> bool:
+        """Record that the digest was skipped (missed its window); False when it is already recorded."""
+        ...
+
+    def new_and_resolved(
+        self, *, departments: Sequence[str] | None, starts_at: datetime, ends_at: datetime
+    ) -> dict[str, tuple[int, int]]:
+        """Per department: tickets created, and tickets resolved, in the window."""
+        ...
+
+    def open_counts(self, *, departments: Sequence[str] | None, stale_before: datetime) -> list[OpenCount]:
+        """Open tickets now, per department, status and priority."""
+        ...
+
+    def medians(
+        self, *, departments: Sequence[str] | None, starts_at: datetime, ends_at: datetime
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """Per department: median seconds to first action (first actions in the window) and to resolution
+        (resolutions in the window)."""
+        ...
+
+    def ticket_lists(
+        self, department: str, *, stale_before: datetime, limit: int
+    ) -> tuple[list[TicketLine], list[TicketLine], list[TicketLine]]:
+        """The department's oldest open, stalest and unassigned urgent tickets, ``limit`` of each."""
+        ...
+
+    def routing(self, *, starts_at: datetime, ends_at: datetime) -> RoutingFigures: ...
+
+    def queues(self) -> QueueFigures: ...
+
+    def daily_counts(self, boundaries: Sequence[datetime]) -> dict[str, list[int]]:
+        """Tickets created per department between each pair of consecutive ``boundaries``."""
+        ...

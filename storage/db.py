@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -111,8 +111,32 @@ def is_current(engine: Engine) -> bool:
         raise StorageError(f"cannot reach the database: {exc}") from exc
 
 
+# pg_advisory_lock key that serialises migrations between processes (any constant shared by every replica).
+MIGRATION_LOCK = 0x7469636B  # "tick"
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Upgrade when behind: every command can run on a fresh database."""
-    if not is_current(engine):
+    """Upgrade when behind: every command can run on a fresh database.
+
+    Replicas started together on a fresh PostgreSQL database would otherwise all run the first migration at
+    once and all but one fail on CREATE TABLE: an advisory lock makes them take turns, and each re-checks.
+    """
+    if is_current(engine):
+        return
+    if engine.dialect.name != "postgresql":
         log.info("applying database migrations")
         upgrade(engine)
+        return
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                if not is_current(engine):
+                    log.info("applying database migrations")
+                    upgrade(engine)
+            finally:
+                # Session-level lock: it outlives a rollback, so it is released explicitly.
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                conn.commit()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot migrate the database: {exc}") from exc

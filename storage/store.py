@@ -521,7 +521,7 @@ class SqlStore:
         with self._tx(write=False) as s:
             latest = (
                 select(TicketEventRow.ticket_id, func.max(TicketEventRow.id).label("event_id"))
-                .where(TicketEventRow.kind == EventKind.REROUTED.value)
+                .where(TicketEventRow.kind == EventKind.REROUTED.value, ~TicketEventRow.actor.startswith("classifier:"))
                 .group_by(TicketEventRow.ticket_id)
                 .subquery()
             )
@@ -537,7 +537,9 @@ class SqlStore:
     def labelled_history(self, *, limit: int = 200_000) -> list[tuple[str, str, str]]:
         """(subject, body, department) of tickets whose department a person confirmed: rerouted ones (the
         corrections) and resolved or closed ones that stayed where the classifier put them."""
-        rerouted = select(TicketEventRow.ticket_id).where(TicketEventRow.kind == EventKind.REROUTED.value)
+        rerouted = select(TicketEventRow.ticket_id).where(
+            TicketEventRow.kind == EventKind.REROUTED.value, ~TicketEventRow.actor.startswith("classifier:")
+        )
         stmt = (
             select(TicketRow.subject, TicketRow.body, TicketRow.department)
             .where(

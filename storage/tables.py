@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -52,6 +53,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# The open statuses as literal SQL: a query uses a partial index only when its WHERE repeats the index's own.
+OPEN_TICKETS = "status IN ('new', 'in_progress', 'waiting')"
 
 
 class Base(DeclarativeBase):
@@ -91,8 +96,58 @@ class InboundRow(Base):
 class TicketRow(Base):
     __tablename__ = "tickets"
     __table_args__ = (
-        Index("ix_tickets_department_status", "department", "status"),
+        # Also GET /api/v1/tickets?department=…&status=… in list order (migration 0004 added created_at).
+        Index("ix_tickets_department_status_created_at", "department", "status", "created_at"),
         Index("ix_tickets_requester_status", "requester", "status"),
+        # Digests: a department's tickets created in a period (storage/digests.py).
+        Index("ix_tickets_department_created_at", "department", "created_at"),
+        # Digests: the open work, read from this small partial index alone (open tickets only, every column
+        # the digest counts), so its cost follows the open tickets, never the history.
+        Index(
+            "ix_tickets_open",
+            "department",
+            "status",
+            "priority",
+            "created_at",
+            "updated_at",
+            "assignee",
+            sqlite_where=text(OPEN_TICKETS),
+            postgresql_where=text(OPEN_TICKETS),
+        ),
+        # GET /api/v1/tickets lists newest first (created_at, id): each filter has an index in that order.
+        Index("ix_tickets_status_created_at", "status", "created_at"),
+        Index("ix_tickets_priority_created_at", "priority", "created_at"),
+        Index("ix_tickets_channel_created_at", "channel", "created_at"),
+        Index("ix_tickets_requester_created_at", "requester", "created_at"),
+        # GET /api/v1/stats reads only these columns of a created_at range: an index-only scan, no table reads.
+        Index(
+            "ix_tickets_stats",
+            "created_at",
+            "department",
+            "status",
+            "priority",
+            "channel",
+            "classifier",
+            "confidence",
+            "resolved_at",
+        ),
+        # Free-text search (?q=): trigram GIN indexes on PostgreSQL serve ILIKE '%text%'. SQLite has no such
+        # index; there the same names are empty partial indexes (WHERE 0) that cost nothing, so the schema
+        # compares equal on both engines. See docs/api.md.
+        Index(
+            "ix_tickets_subject_trgm",
+            "subject",
+            postgresql_using="gin",
+            postgresql_ops={"subject": "gin_trgm_ops"},
+            sqlite_where=text("0"),
+        ),
+        Index(
+            "ix_tickets_body_trgm",
+            "body",
+            postgresql_using="gin",
+            postgresql_ops={"body": "gin_trgm_ops"},
+            sqlite_where=text("0"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -118,8 +173,10 @@ class TicketRow(Base):
     fallback_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime] = mapped_column(index=True)
-    first_action_at: Mapped[datetime | None]
+    first_action_at: Mapped[datetime | None] = mapped_column(index=True)  # digests: median time to first action
     resolved_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Imports only (storage/imports.py): the row's dedupe key, so re-importing a file creates nothing twice.
+    external_key: Mapped[str | None] = mapped_column(String(200), unique=True)
 
 
 class TicketEventRow(Base):
@@ -200,6 +257,24 @@ class DigestRunRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # The window the digest covered: the next digest of the scope starts where this one ended.
+    starts_at: Mapped[datetime | None]
+    ends_at: Mapped[datetime | None]
+
+
+class ApiTokenRow(Base):
+    """An API token (issue 7): only the sha256 of the secret is kept; revoked tokens stay for the record."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(8))  # read | write
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole secret
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's first characters, to recognise it in a list
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class SuppressedRecipientRow(Base):

@@ -281,3 +281,10 @@ def test_recent_requests_are_the_requesters_newest_since_a_time(store: SqlStore)
     recent = store.recent_requests("ana@example.com", since=since, limit=2)
     assert [subject for subject, _body in recent] == ["Third", "Second"]
     assert store.recent_requests("ana@example.com", since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+
+def test_a_reroute_by_a_classifier_is_not_a_correction_to_learn_from(store: SqlStore) -> None:
+    ticket = store.open_ticket(None, draft(), no_replies)
+    store.reroute(ticket.id, "Finance", actor="classifier:claude-haiku", note="re-classified", compose=no_replies)
+    assert store.corrections() == []
+    assert store.labelled_history() == []
