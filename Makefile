@@ -47,5 +47,12 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/learning.py
 	$(BIN)/python bench/email_intake.py
 
+# The long runs (docs/faults.md): 3 replicas at 20 requests/s for SOAK_SECONDS (default 1800), then the fault suite
+# at the issue's full counts (FAULTS_FULL=1: 5,000 + 2,000 mails over 10 kill rounds, minute-long outages).
+.PHONY: soak
+soak: $(VENV)/.installed-dev services
+	$(BIN)/python scripts/soak.py --seconds $${SOAK_SECONDS:-1800}
+	FAULTS_FULL=1 $(BIN)/python -m pytest tests/faults -q -s
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
