@@ -72,8 +72,11 @@ class InboundStore(Protocol):
         """Mark a row processed, ignored or parked (with the reason a person will read)."""
         ...
 
-    def fail_inbound(self, inbound_id: int, *, error: str, max_attempts: int, now: datetime) -> InboundStatus:
-        """Count a failed processing attempt; parks the row at ``max_attempts``. Returns the new status."""
+    def fail_inbound(
+        self, inbound_id: int, *, error: str, max_attempts: int, now: datetime, count_attempt: bool = True
+    ) -> InboundStatus:
+        """Release the row's claim after a failure and count the attempt (unless ``count_attempt`` is False: an
+        outage, not the message's fault); parks the row at ``max_attempts``. Returns the new status."""
         ...
 
     def retry_inbound(self, inbound_id: int) -> StoredInbound:

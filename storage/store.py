@@ -228,14 +228,17 @@ class SqlStore:
             },
         )
 
-    def fail_inbound(self, inbound_id: int, *, error: str, max_attempts: int, now: datetime) -> InboundStatus:
+    def fail_inbound(
+        self, inbound_id: int, *, error: str, max_attempts: int, now: datetime, count_attempt: bool = True
+    ) -> InboundStatus:
         with self._tx() as s:
             row = s.get(InboundRow, inbound_id)
             if row is None:
                 raise NotFound(f"no inbound message {inbound_id}")
             if row.status != InboundStatus.RECEIVED.value:
                 return InboundStatus(row.status)  # another worker finished it meanwhile: nothing failed
-            row.attempts += 1
+            if count_attempt:
+                row.attempts += 1
             row.last_error = error[:4000]
             row.locked_until = None
             row.updated_at = now

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.classify.fallback import FallbackClassifier
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, StorageError
 from core.inbound import InboundRecord, InboundStatus, StoredInbound
 from core.message import Channel, Message
 from core.outbox import OutboxKind, OutboxStatus
@@ -268,3 +268,45 @@ def test_near_identical_ignores_prefixes_tags_numbers_and_case_but_not_a_differe
     assert similar_key("RE: Fwd: [#12] ALERT: disk 97% full on build-03") == "alert disk full on build"
     assert near_identical(similar_key("Printer jammed again"), similar_key("printer jammed agian"))
     assert not near_identical(similar_key("Printer jammed"), similar_key("Payslip missing"))
+
+
+class OutageStore(SqlStore):
+    """The real store, but while ``down`` recording a failure fails as it would with the database away."""
+
+    down = False
+
+    def fail_inbound(  # type: ignore[override]
+        self, inbound_id: int, *, error: str, max_attempts: int, now: datetime, count_attempt: bool = True
+    ) -> InboundStatus:
+        if self.down:
+            raise StorageError("database error: connection refused")
+        return super().fail_inbound(
+            inbound_id, error=error, max_attempts=max_attempts, now=now, count_attempt=count_attempt
+        )
+
+
+def test_after_a_database_outage_the_worker_releases_its_claims_at_once_without_counting_attempts(
+    sqlite_store: SqlStore,
+) -> None:
+    store = OutageStore(sqlite_store.engine)
+    message = email("<m1@x>")
+
+    def decode(_row: StoredInbound) -> Message:
+        if store.down:
+            raise StorageError("database error: connection refused")
+        return message
+
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decode})
+    store.receive(InboundRecord(Channel.EMAIL, "m1", b"x", NOW))
+    worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=3)  # a 5-minute claim lease
+    store.down = True
+    for _ in range(5):
+        try:
+            worker.run_once(datetime.now(UTC))
+        except StorageError:
+            pass  # the Loop logs it and tries again
+    store.down = False
+    assert worker.run_once(datetime.now(UTC)) == 1  # released and claimed again now, not in five minutes
+
+    [row] = store.list_inbound(status=None, limit=10)
+    assert (row.status, row.attempts) == (InboundStatus.PROCESSED, 0)  # an outage is not the message's fault
