@@ -127,7 +127,7 @@ class Pipeline:
         route = self.router.route(classification)
         draft = TicketDraft(
             subject=message.subject.strip() or first_line(message.body),
-            body=message.full_body or message.body,
+            body=(message.full_body or message.body) + attachment_note(message),
             requester=message.sender,
             requester_name=message.sender_name,
             channel=message.channel,
@@ -306,6 +306,31 @@ def near_identical(a: str, b: str) -> bool:
         return True
     matcher = difflib.SequenceMatcher(None, a, b)
     return matcher.real_quick_ratio() >= 0.9 and matcher.quick_ratio() >= 0.9 and matcher.ratio() >= 0.9
+
+
+MAX_LISTED_ATTACHMENTS = 20
+
+
+def attachment_note(message: Message) -> str:
+    """A list of the request's attachments for the ticket text, so an agent knows they exist (the files stay in
+    the stored raw message); at most ``MAX_LISTED_ATTACHMENTS`` named, the rest counted."""
+    if not message.attachments:
+        return ""
+    listed = [
+        f"- {a.filename} ({a.content_type}, {_size(a.size)})" for a in message.attachments[:MAX_LISTED_ATTACHMENTS]
+    ]
+    more = len(message.attachments) - len(listed)
+    if more:
+        listed.append(f"- … and {more} more")
+    return f"\n\nAttachments ({len(message.attachments)}):\n" + "\n".join(listed)
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def first_line(text: str, limit: int = 120) -> str:

@@ -310,3 +310,17 @@ def test_after_a_database_outage_the_worker_releases_its_claims_at_once_without_
 
     [row] = store.list_inbound(status=None, limit=10)
     assert (row.status, row.attempts) == (InboundStatus.PROCESSED, 0)  # an outage is not the message's fault
+
+
+def test_a_tickets_text_lists_the_requests_attachments_and_counts_the_rest(sqlite_store: SqlStore) -> None:
+    from dataclasses import replace
+
+    from core.message import Attachment
+
+    files = tuple(Attachment(f"receipt-{n}.png", "image/png", 2048 * n) for n in range(1, 26))
+    outcome = make_pipeline(sqlite_store).handle(replace(email("<att@x>"), attachments=files))
+    assert outcome.ticket is not None
+    body = outcome.ticket.body
+    assert body.startswith("It fails.\n\nAttachments (25):\n- receipt-1.png (image/png, 2.0 KB)\n")
+    assert "receipt-20.png" in body and "receipt-21.png" not in body
+    assert body.endswith("- … and 5 more")
