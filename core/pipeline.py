@@ -16,7 +16,7 @@ from core.errors import InvalidInput, MalformedMessage, NotFound
 from core.inbound import InboundStatus, StoredInbound
 from core.message import Channel, Message
 from core.outbox import OutboxItem
-from core.ports import Store, TicketDraft
+from core.ports import SenderHistory, Store, TicketDraft
 from core.reply import ReplySettings, acknowledgements, channel_post, status_notifications
 from core.route import Router
 from core.ticket import Priority, Status, Ticket
@@ -115,7 +115,10 @@ class Pipeline:
                 self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=raise_empty)
             return Outcome(InboundStatus.PARKED, reason=raise_empty)
 
-        repeated = self.repeated_request(message)
+        # The loop guards' reads for an email sender, in one transaction: the repeat brake now, the reply limits
+        # when composing.
+        history = self.sender_history(message.sender) if message.channel is Channel.EMAIL else None
+        repeated = self.repeated_request(message, history)
         if repeated is not None:
             if inbound_id is not None:
                 self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=repeated)
@@ -139,7 +142,7 @@ class Pipeline:
 
         # Asked before the transaction: compose runs inside it and must not open another. Only email is mailed
         # back (Slack, CLI and API requests are answered where they came from), so only email pays the query.
-        may_mail = message.channel is not Channel.EMAIL or self.may_auto_reply(message.sender)
+        may_mail = history is None or self.may_auto_reply(message.sender, history)
 
         def compose(ticket: Ticket) -> list[OutboxItem]:
             return only_allowed(acknowledgements(ticket, message, self.replies), may_mail)
@@ -216,19 +219,27 @@ class Pipeline:
             self.store.suppress_recipients(bounced, until=until, reason=reason)
             log.info("suppressing automatic mail to %s until %s (permanent bounce)", ", ".join(bounced), until.date())
 
-    def repeated_request(self, message: Message) -> str | None:
+    def sender_history(self, address: str) -> SenderHistory:
+        now = self.clock()
+        return self.store.sender_history(
+            address,
+            now=now,
+            reply_windows=[now - timedelta(hours=1), now - timedelta(days=1)],
+            recent_since=now - timedelta(hours=1),
+            recent_limit=self.max_similar_per_hour * 4,
+        )
+
+    def repeated_request(self, message: Message, history: SenderHistory | None) -> str | None:
         """Why a new email ticket is held back as a repeat, or None: a robot (or a loop) behind a person's address
         sending the same request again and again would otherwise open and acknowledge each one."""
-        if message.channel is not Channel.EMAIL or self.max_similar_per_hour <= 0:
+        if history is None or self.max_similar_per_hour <= 0:
             return None
         subject, body = similar_key(message.subject), similar_key(message.body[:500])
         if len(subject) + len(body) < 3:
             return None  # nothing to compare
-        since = self.clock() - timedelta(hours=1)
-        recent = self.store.recent_requests(message.sender, since=since, limit=self.max_similar_per_hour * 4)
         similar = sum(
             1
-            for other_subject, other_body in recent
+            for other_subject, other_body in history.recent
             if near_identical(subject, similar_key(other_subject)) and near_identical(body, similar_key(other_body))
         )
         if similar >= self.max_similar_per_hour:
@@ -236,14 +247,14 @@ class Pipeline:
             return f"repeated: {similar} near-identical requests from {message.sender} in the last hour"
         return None
 
-    def may_auto_reply(self, recipient: str) -> bool:
+    def may_auto_reply(self, recipient: str, history: SenderHistory | None = None) -> bool:
         """False when ``recipient`` already had too many automatic mails, or bounced permanently: loop detection
         is never complete."""
-        now = self.clock()
-        if self.store.suppressed_until(recipient, now=now) is not None:
+        history = history or self.sender_history(recipient)
+        if history.suppressed_until is not None:
             log.info("not mailing %s: it bounced permanently", recipient)
             return False
-        hour, day = self.store.auto_reply_counts(recipient, since=[now - timedelta(hours=1), now - timedelta(days=1)])
+        hour, day = history.auto_replies
         if hour >= self.max_auto_replies_per_hour or day >= self.max_auto_replies_per_day:
             log.warning("not mailing %s: automatic reply limit reached (%d/h, %d/day)", recipient, hour, day)
             return False

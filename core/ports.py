@@ -20,6 +20,18 @@ ComposeReplies = Callable[[Ticket], Sequence[OutboxItem]]
 
 
 @dataclass(frozen=True, slots=True)
+class SenderHistory:
+    """What the loop guards need to know about an address, read in one transaction.
+
+    ``auto_replies``: automatic mails to it since each requested start; ``suppressed_until``: set while it is
+    suppressed after a permanent bounce; ``recent``: (subject, start of body) of its newest tickets."""
+
+    auto_replies: list[int]
+    suppressed_until: datetime | None
+    recent: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
 class TicketDraft:
     """Everything needed to create a ticket; the store assigns id and timestamps."""
 
@@ -154,6 +166,19 @@ class TicketStore(Protocol):
 
     def recent_requests(self, requester: str, *, since: datetime, limit: int = 50) -> list[tuple[str, str]]:
         """(subject, start of body) of the newest tickets ``requester`` opened since ``since``."""
+        ...
+
+    def sender_history(
+        self,
+        address: str,
+        *,
+        now: datetime,
+        reply_windows: Sequence[datetime],
+        recent_since: datetime,
+        recent_limit: int,
+    ) -> SenderHistory:
+        """``auto_reply_counts``, ``suppressed_until`` and ``recent_requests`` (skipped when ``recent_limit`` is 0)
+        in one read: asked for every new email ticket."""
         ...
 
 

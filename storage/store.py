@@ -17,7 +17,7 @@ from core.errors import NotFound, StorageError
 from core.inbound import InboundRecord, InboundStatus, Received, StoredInbound
 from core.message import Channel
 from core.outbox import OutboxItem, OutboxKind, OutboxStatus, StoredOutboxItem
-from core.ports import ComposeReplies, TicketDraft, TicketFilter
+from core.ports import ComposeReplies, SenderHistory, TicketDraft, TicketFilter
 from core.ticket import EventKind, Priority, Status, Ticket, TicketEvent
 from storage.db import READ_ONLY
 from storage.tables import (
@@ -64,6 +64,16 @@ class SqlStore:
         self._q_event = insert(tables["ticket_events"])
         self._q_ref = self._insert(tables["message_refs"]).on_conflict_do_nothing()
         self._q_auto_reply_counts: dict[int, Any] = {}
+        suppressed = tables["suppressed_recipients"]
+        self._q_suppressed = select(suppressed.c.until).where(
+            suppressed.c.address == bindparam("address"), suppressed.c.until > bindparam("now")
+        )
+        self._q_recent = (
+            select(tickets.c.subject, func.substr(tickets.c.body, 1, 500))
+            .where(tickets.c.requester == bindparam("requester"), tickets.c.created_at >= bindparam("since"))
+            .order_by(tickets.c.created_at.desc())
+            .limit(bindparam("limit"))
+        )
         self._q_outbox = self._insert(outbox).on_conflict_do_nothing().returning(outbox.c.id)
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -593,6 +603,12 @@ class SqlStore:
         """How many automatic mails went (or are queued) to ``recipient`` since each of ``since``, in one query."""
         if not since:
             return []
+        with self._conn(write=False) as conn:
+            return self._auto_reply_counts(conn, recipient.lower(), since)
+
+    def _auto_reply_counts(self, conn: Connection, recipient: str, since: Sequence[datetime]) -> list[int]:
+        if not since:
+            return []
         stmt = self._q_auto_reply_counts.get(len(since))
         if stmt is None:  # one statement per number of windows, built once (asked for every new ticket)
             outbox = OutboxRow.metadata.tables["outbox"]
@@ -604,9 +620,8 @@ class SqlStore:
             )
             self._q_auto_reply_counts[len(since)] = stmt
         params: dict[str, Any] = {f"since_{i}": start for i, start in enumerate(since)}
-        params.update(recipient=recipient.lower(), earliest=min(since))
-        with self._conn(write=False) as conn:
-            return [int(n) for n in conn.execute(stmt, params).one()]
+        params.update(recipient=recipient, earliest=min(since))
+        return [int(n) for n in conn.execute(stmt, params).one()]
 
     def suppress_recipients(self, addresses: Sequence[str], *, until: datetime, reason: str) -> None:
         """Mark addresses that permanently bounced: no automatic mail to them until ``until`` (extended, never
@@ -633,25 +648,41 @@ class SqlStore:
 
     def suppressed_until(self, address: str, *, now: datetime) -> datetime | None:
         """Until when automatic mail to ``address`` is suppressed (a permanent bounce), or None."""
-        table = SuppressedRecipientRow.metadata.tables["suppressed_recipients"]
         with self._conn(write=False) as conn:
             until: datetime | None = conn.execute(
-                select(table.c.until).where(table.c.address == address.strip().lower(), table.c.until > now)
+                self._q_suppressed, {"address": address.strip().lower(), "now": now}
             ).scalar_one_or_none()
             return until
 
     def recent_requests(self, requester: str, *, since: datetime, limit: int = 50) -> list[tuple[str, str]]:
         """(subject, start of body) of the newest tickets ``requester`` opened since ``since`` (the repeat brake)."""
         with self._conn(write=False) as conn:
-            return [
-                (subject, body)
-                for subject, body in conn.execute(
-                    select(TicketRow.subject, func.substr(TicketRow.body, 1, 500))
-                    .where(TicketRow.requester == requester[:320], TicketRow.created_at >= since)
-                    .order_by(TicketRow.created_at.desc())
-                    .limit(limit)
-                ).all()
-            ]
+            rows = conn.execute(self._q_recent, {"requester": requester[:320], "since": since, "limit": limit})
+            return [(subject, body) for subject, body in rows]
+
+    def sender_history(
+        self,
+        address: str,
+        *,
+        now: datetime,
+        reply_windows: Sequence[datetime],
+        recent_since: datetime,
+        recent_limit: int,
+    ) -> SenderHistory:
+        """The loop guards' three reads in one read-only transaction (one per new email ticket)."""
+        lowered = address.strip().lower()  # outbox recipients and suppressions are stored lower-case
+        with self._conn(write=False) as conn:
+            counts = self._auto_reply_counts(conn, lowered, reply_windows)
+            until: datetime | None = conn.execute(
+                self._q_suppressed, {"address": lowered, "now": now}
+            ).scalar_one_or_none()
+            recent: list[tuple[str, str]] = []
+            if recent_limit > 0:
+                rows = conn.execute(
+                    self._q_recent, {"requester": address[:320], "since": recent_since, "limit": recent_limit}
+                )
+                recent = [(subject, body) for subject, body in rows]
+        return SenderHistory(auto_replies=counts, suppressed_until=until, recent=recent)
 
     def count_auto_replies(self, recipient: str, *, since: datetime) -> int:
         """How many automatic mails went (or are queued) to ``recipient`` since ``since``."""
