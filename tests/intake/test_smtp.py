@@ -12,6 +12,7 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from core.errors import ConfigError, StorageError
 from core.inbound import InboundRecord, InboundStatus, Received, StoredInbound
@@ -393,3 +394,36 @@ def test_a_taken_port_is_a_config_error(sqlite_store: SqlStore) -> None:
         server = SmtpIntakeServer(handler, host="127.0.0.1", port=port, max_message_bytes=MAX_BYTES, ready_timeout=0.5)
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             server.start()
+
+
+def test_a_full_disk_answers_451_and_the_retry_lands_once_there_is_room(
+    tmp_path: Path, start_intake: IntakeFactory
+) -> None:
+    # SQLite's max_page_count makes the database "full" exactly as a full disk does (SQLITE_FULL), without
+    # filling this machine's disk.
+    limit: dict[str, int | None] = {"pages": None}
+    engine = make_engine(f"sqlite:///{tmp_path / 'ticketbot.db'}")
+    upgrade(engine)
+
+    @event.listens_for(engine, "connect")
+    def _cap(dbapi_connection: object, _record: object) -> None:
+        if limit["pages"] is not None:
+            dbapi_connection.execute(f"PRAGMA max_page_count = {limit['pages']}")  # type: ignore[attr-defined]
+
+    with engine.connect() as conn:
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+    limit["pages"] = pages + 2
+    engine.dispose()  # new connections get the cap
+    store = SqlStore(engine)
+    server = start_intake(store, max_bytes=1024 * 1024)
+    raw = mail(message_id="<full@example.com>", body="A long report.\r\n" * 40_000)  # about 640 KB
+
+    answer = transact(server.port, raw)
+    assert answer.data is not None and answer.data[0] == 451  # try later: the sender keeps the mail
+    assert rows(store) == []
+
+    limit["pages"] = None  # room again
+    engine.dispose()
+    assert transact(server.port, raw).code == 250
+    assert [row.message_id for row in rows(store)] == ["<full@example.com>"]
+    engine.dispose()
