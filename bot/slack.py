@@ -1,10 +1,12 @@
 """Slack channel: the Bolt app (`/ticket`, its modal, the message shortcut, card buttons) and how it is wired in.
 
-Requests are acknowledged first and stored after, on a work pool of our own: ``ack()`` never waits on the database
-or the classifier, and Bolt's listener threads (which run the acks) never wait on them either. The stored
-InboundRecord (deduplicated by ``trigger_id`` or view id) wakes the inbound workers; the Pipeline classifies and
-routes it; the outbox delivers the requester's answer and the department card (see ``bot.slack_delivery``). Card
-buttons change the ticket through the Pipeline, only for the department's agents and the admins.
+A request that files a ticket is committed before it is acknowledged, on a work pool of our own, and the ack
+waits for that commit for at most ``STORE_BEFORE_ACK_SECONDS`` (a commit takes milliseconds; a stalled database
+must not push the ack past Slack's 3 s). Nothing else waits: the classifier, lookups and Web API calls run after
+the ack. The stored InboundRecord (deduplicated by ``trigger_id`` or view id) wakes the inbound workers; the
+Pipeline classifies and routes it; the outbox delivers the requester's answer and the department card (see
+``bot.slack_delivery``). Card buttons change the ticket through the Pipeline, only for the department's agents and
+the admins.
 Socket Mode (default) or HTTP mode (``bot.http`` serves ``/slack/events``).
 """
 
@@ -14,7 +16,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -40,7 +43,7 @@ from bot.slack_delivery import SlackDelivery, refresh_item
 from bot.slack_intake import decode_slack, parse_command, record_from_command, record_from_shortcut, record_from_view
 from core.config import Config, Secrets
 from core.errors import ConfigError, InvalidInput, NotFound, TicketbotError
-from core.inbound import InboundRecord
+from core.inbound import InboundRecord, Received
 from core.message import Channel
 from core.outbox import OutboxKind, Sender
 from core.pipeline import Decoder, Pipeline
@@ -55,7 +58,11 @@ SLACK_OUTBOX_KINDS = frozenset(
     {OutboxKind.SLACK_POST, OutboxKind.SLACK_UPDATE, OutboxKind.SLACK_RESPOND, OutboxKind.SLACK_DM}
 )
 LISTENER_THREADS = 16  # Bolt's pool: runs only the ack functions (Bolt's default is 5)
-WORK_THREADS = 8  # our pool: what follows an ack (the store write, lookups, answers to clicks)
+WORK_THREADS = 8  # our pool: the store write before an ack, and what follows an ack (lookups, answers to clicks)
+# Persist before acknowledging, but never past Slack's 3 s: a commit takes milliseconds; if the database has not
+# answered by then, the ack goes out anyway and the commit's outcome reaches the user when it comes.
+STORE_BEFORE_ACK_SECONDS = 1.5
+NOT_SAVED = ":warning: Sorry, I could not save your request just now. Please try again in a minute."
 USERGROUP_TTL = 300.0
 
 
@@ -175,6 +182,7 @@ class SlackChannel:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._socket: SocketModeHandler | None = None
+        self.store_wait = STORE_BEFORE_ACK_SECONDS
 
     def web_client(self) -> WebClient:
         """A Web API client for ``slack.api_url`` (Slack's, a proxy, or the test fake)."""
@@ -296,27 +304,35 @@ class SlackChannel:
             log.exception("slack: %s failed", work.__name__)
 
     def _command_ack(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        """Within Slack's 3 s: an answer that needs neither the database nor the classifier."""
+        """Within Slack's 3 s: a new request is committed, then acknowledged; lookups are answered after the ack."""
         command = parse_command(str(body.get("text") or ""))
+
+        def tell(text: str) -> None:
+            respond(text=text, response_type="ephemeral", replace_original=False)
+
         if command.kind == "help":
             ack(text=HELP_TEXT)
         elif command.kind == "modal":
             ack()
             self._open_modal(client, body, respond)  # the trigger_id expires 3 s after the command
+        elif command.kind == "create":
+            self._store_then_ack(
+                lambda: record_from_command(body),
+                lambda saved: ack(text=":inbox_tray: Got it, filing your request…" if saved else NOT_SAVED),
+                tell,
+            )
         else:
-            ack(text=":inbox_tray: Got it, filing your request…" if command.kind == "create" else "")
+            ack()
             self._later(self._command_work, body, respond)
 
     def _command_work(self, body: dict[str, Any], respond: Respond) -> None:
+        """``/ticket status N`` and ``/ticket mine``, after the ack."""
         command = parse_command(str(body.get("text") or ""))
         user = str(body.get("user_id") or "")
 
         def tell(text: str) -> None:
             respond(text=text, response_type="ephemeral", replace_original=False)
 
-        if command.kind == "create":
-            self._file(record_from_command(body), tell)
-            return
         try:
             if command.kind == "status" and command.ticket_id is not None:
                 ticket = self.store.get_ticket(command.ticket_id)
@@ -348,19 +364,30 @@ class SlackChannel:
         if errors:
             ack(response_action="errors", errors=errors)  # shown under each field; the form stays open
             return
-        ack()
-        self._later(self._modal_work, body, client)
-
-    def _modal_work(self, body: dict[str, Any], client: WebClient) -> None:
         record = record_from_view(body)
         user = str((body.get("user") or {}).get("id") or "")
-        self._file(record, lambda text: self._tell(client, user, record, text))
+
+        def answer(saved: bool) -> None:
+            if saved:
+                ack()
+            else:  # the form stays open with what was typed, so submitting again is one click
+                ack(response_action="errors", errors={"description": NOT_SAVED})
+
+        self._store_then_ack(lambda: record, answer, lambda text: self._tell(client, user, record, text))
 
     def _shortcut_ack(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        ack()
-        self._later(self._shortcut_work, body, client, respond)
+        def tell(text: str) -> None:
+            respond(text=text, response_type="ephemeral", replace_original=False)
 
-    def _shortcut_work(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        def answer(saved: bool) -> None:
+            ack()
+            if not saved:
+                self._later(tell, NOT_SAVED)
+
+        self._store_then_ack(lambda: record_from_shortcut(body, self._permalink(client, body)), answer, tell)
+
+    def _permalink(self, client: WebClient, body: dict[str, Any]) -> str | None:
+        """The shortcut's message link (chat.getPermalink), or None: the ticket is filed without it."""
         channel = str((body.get("channel") or {}).get("id") or "")
         ts = str(body.get("message_ts") or (body.get("message") or {}).get("ts") or "")
         permalink = None
@@ -369,20 +396,58 @@ class SlackChannel:
                 permalink = str(client.chat_getPermalink(channel=channel, message_ts=ts)["permalink"])
             except (SlackClientError, OSError, KeyError) as exc:
                 log.info("slack: no permalink for %s/%s: %s", channel, ts, exc)
+        return permalink
 
-        def tell(text: str) -> None:
-            respond(text=text, response_type="ephemeral", replace_original=False)
+    def _store_then_ack(
+        self,
+        make_record: Callable[[], InboundRecord],
+        answer: Callable[[bool], object],
+        tell: Callable[[str], None],
+    ) -> None:
+        """Persist before acknowledging: commit the request on the work pool, then ``answer(saved)`` (which acks).
 
-        self._file(record_from_shortcut(body, permalink), tell)
+        The user hears back from the outbox once the ticket is routed. If the commit has not finished within
+        ``store_wait``, the ack goes out anyway (Slack shows an error for an unanswered request and never
+        redelivers a slash command) and the commit's outcome is handled when it comes: ``tell`` the user if it
+        failed.
+        """
 
-    def _file(self, record: InboundRecord, tell: Callable[[str], None]) -> None:
-        """Commit the request; the user hears back from the outbox once it is routed (or now, if saving failed)."""
+        def store() -> tuple[InboundRecord, Received]:
+            record = make_record()
+            return record, self.store.receive(record)
+
         try:
-            received = self.store.receive(record)
-        except TicketbotError:
-            log.exception("slack: could not store %s", record.dedupe_key)
-            tell(":warning: Sorry, I could not save your request just now. Please try again in a minute.")
+            future = self._work.submit(store)
+        except RuntimeError:  # the pool is shut down: we are stopping
+            log.warning("slack: stopping; request not stored")
+            answer(False)
             return
+        try:
+            saved = self._settle(future, tell=None, timeout=self.store_wait)
+        except FutureTimeout:
+            log.warning("slack: the database took over %.1f s; acknowledged before the commit", self.store_wait)
+            answer(True)
+            future.add_done_callback(lambda done: self._settle(done, tell=tell, timeout=0))
+            return
+        answer(saved)
+
+    def _settle(
+        self, future: Future[tuple[InboundRecord, Received]], *, tell: Callable[[str], None] | None, timeout: float
+    ) -> bool:
+        """The commit's outcome: log it and wake the workers, or (when the ack has gone out already) tell the user."""
+        try:
+            record, received = future.result(timeout=timeout)
+        except FutureTimeout:
+            raise
+        except Exception:  # noqa: BLE001 - any failure to store is answered the same way, and logged
+            log.exception("slack: could not store a request")
+            if tell is not None:
+                tell(NOT_SAVED)
+            return False
+        self._stored(record, received)
+        return True
+
+    def _stored(self, record: InboundRecord, received: Received) -> None:
         if received.created:
             log.info("slack: %s stored as inbound %d", record.dedupe_key, received.id)
             self._wake()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from core.classify.base import Classification
 from core.inbound import InboundStatus
 from core.ticket import Priority, Status
+from storage.db import make_engine, upgrade
 from storage.store import SqlStore
 from tests.fakes import slack_api as fake
 from tests.fakes.classifier import ScriptedClassifier
@@ -242,19 +245,74 @@ def test_message_shortcut_files_the_message_with_its_permalink(
     assert "by @U0BOB" in ticket.body
 
 
-def test_a_failed_store_write_tells_the_requester_to_retry(
+def test_a_request_is_stored_before_it_is_acknowledged(
+    sqlite_store: SqlStore, make_rig: MakeRig, slack_api: FakeSlackAPI
+) -> None:
+    rig = make_rig(sqlite_store, loops=False)  # no workers: the row stays as the ack left it
+    rig.slack.store_wait = 10.0  # a loaded test machine must not turn this into the slow-database path
+
+    response = rig.command("Monitor flickers", trigger_id="first-1")
+
+    assert response.status_code == 200 and "filing your request" in response.text
+    # Read at once, with no waiting: the ack came after the commit.
+    [row] = sqlite_store.list_inbound(status=None, limit=5)
+    assert row.dedupe_key == "slack:trigger:first-1" and row.status is InboundStatus.RECEIVED
+
+
+def test_a_failed_store_write_is_answered_in_the_ack(
     sqlite_store: SqlStore, make_rig: MakeRig, slack_api: FakeSlackAPI
 ) -> None:
     rig = make_rig(sqlite_store, loops=False)
+    rig.slack.store_wait = 10.0
     with sqlite_store.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE inbound_messages")  # the database refuses every write from now on
 
     response = rig.command("Need a new keyboard", trigger_id="lost-1")
 
-    assert response.status_code == 200  # acknowledged first, as always
-    [notice] = slack_api.wait_for("respond", _path="/respond/lost-1")
-    assert "could not save your request" in notice.params["text"]
-    assert notice.params["response_type"] == "ephemeral"
+    assert response.status_code == 200
+    assert "could not save your request" in response.text  # not "Got it": the user knows to try again
+    assert "filing" not in response.text
+    assert slack_api.calls("respond") == []  # said once, in the ack
+
+
+def test_a_failed_form_submission_keeps_the_form_open(
+    sqlite_store: SqlStore, make_rig: MakeRig, slack_api: FakeSlackAPI
+) -> None:
+    rig = make_rig(sqlite_store, loops=False)
+    rig.slack.store_wait = 10.0
+    rig.command("", trigger_id="form-2")
+    [opened] = slack_api.wait_for("views.open")
+    with sqlite_store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE inbound_messages")
+
+    refused = rig.interact(view_submission(slack_api, opened.params["view"], title="Desk", description="Wobbly."))
+
+    assert refused.status_code == 200
+    assert refused.json()["response_action"] == "errors"
+    assert "could not save your request" in refused.json()["errors"]["description"]
+
+
+def test_a_stalled_database_gets_the_ack_out_and_the_request_stored_after(
+    tmp_path: Path, make_rig: MakeRig, slack_api: FakeSlackAPI
+) -> None:
+    # SQLite's write lock held by another connection: the commit waits (busy_timeout) until it is released.
+    store = SqlStore(make_engine(f"sqlite:///{tmp_path / 'stall.db'}"))
+    upgrade(store.engine)
+    rig = make_rig(store)
+    rig.slack.store_wait = 0.2
+    blocker = sqlite3.connect(tmp_path / "stall.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = rig.command("Printer jammed", trigger_id="stall-1")
+        assert response.status_code == 200 and "filing your request" in response.text
+        assert store.list_inbound(status=None, limit=5) == []  # acknowledged before the commit could land
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    [answer] = slack_api.wait_for("respond", _path="/respond/stall-1", timeout=20)
+    assert answer.params["text"] == "Ticket #1 opened → IT Support (medium)"
+    assert len(rig.tickets()) == 1
 
 
 def test_an_expired_response_url_falls_back_to_ephemeral_then_dm(

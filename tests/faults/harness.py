@@ -477,8 +477,7 @@ class Cluster:
         with self.engine.begin() as conn:
             inbound = conn.execute(
                 text(
-                    "UPDATE inbound_messages SET locked_until = NULL "
-                    "WHERE status = 'received' AND locked_until > now()"
+                    "UPDATE inbound_messages SET locked_until = NULL WHERE status = 'received' AND locked_until > now()"
                 )
             ).rowcount
             outbox = conn.execute(
@@ -637,7 +636,8 @@ def slack_cards(api: FakeSlackAPI) -> int:
 
 class SlackSender:
     """Posts signed ``/ticket`` commands to any running replica's ``/slack/events``; retries (same trigger_id)
-    until one answers 200, which is the acknowledgement Slack shows the user."""
+    until one answers 200 with "Got it", the acknowledgement Slack shows the user (an ack saying the request could
+    not be saved counts as a refusal: the person would run the command again)."""
 
     def __init__(self, cluster: Cluster, api: FakeSlackAPI) -> None:
         self.cluster = cluster
@@ -683,6 +683,9 @@ class SlackSender:
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     code = response.status
+                    # "could not save your request": acknowledged but refused, so the person runs it again.
+                    if b"could not save" in response.read():
+                        code = 503
             except urllib.error.HTTPError as exc:
                 code = exc.code
             except OSError:
