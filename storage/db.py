@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    # Writers of this process queue on a lock before BEGIN IMMEDIATE. Left to SQLite's busy handler, a waiting
+    # writer polls with sleeps growing to 100 ms, so a one-row write (a Slack request waiting to be acknowledged)
+    # could lose to a stream of ticket transactions for half a second. Other processes still meet the busy timeout.
+    writer = _WriterLock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front, so two processes claiming rows serialise instead of
@@ -80,10 +86,58 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
         # Read-only work (READ_ONLY option) begins DEFERRED: under WAL it neither waits for nor blocks writers.
         if conn.get_execution_options().get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
-        else:
+            return
+        conn.info[_HOLDS_WRITER] = writer.acquire()
+        try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn)
+            raise
+
+    def _release(conn: Any) -> None:
+        if conn.info.pop(_HOLDS_WRITER, False):
+            writer.release()
+
+    event.listen(engine, "commit", _release)
+    event.listen(engine, "rollback", _release)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        # A connection returned to the pool mid-transaction is rolled back by the pool, not by a Connection, so
+        # no "rollback" event: release here. (``Connection.info`` is this record's ``info``.)
+        if record.info.pop(_HOLDS_WRITER, False):
+            writer.release()
 
     return engine
+
+
+_HOLDS_WRITER = "ticketbot_holds_writer_lock"
+
+
+class _WriterLock:
+    """The in-process queue for SQLite's single writer.
+
+    ``acquire`` returns False, and the caller goes on without it (SQLite's busy timeout still applies), when the
+    thread holds it already (a write opened inside another write) or after ``timeout`` seconds: a forgotten
+    release can slow writers down, never stop them.
+    """
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._timeout = timeout
+
+    def acquire(self) -> bool:
+        if self._owner == threading.get_ident():
+            return False
+        if not self._lock.acquire(timeout=self._timeout):
+            return False
+        self._owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
