@@ -57,8 +57,12 @@ class SklearnBaseline:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.classify", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"folder with train.csv and test.csv (default: {DEFAULT_DATA_DIR})")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"folder with train.csv and test.csv (default: {DEFAULT_DATA_DIR})",
+    )
     args = parser.parse_args(argv)
     train_csv, test_csv = args.data_dir / "train.csv", args.data_dir / "test.csv"
     for path in (train_csv, test_csv):
@@ -101,8 +105,14 @@ def _bench_ours(train_csv: Path, test_rows: list[LabeledText]) -> dict[str, Any]
         started = time.perf_counter()
         classifier = OfflineClassifier.load(path, labels)  # what the service does at start-up
         load_s = time.perf_counter() - started
-    return {"report": evaluate(classifier, test_rows), "train_s": train_s, "load_s": load_s, "size": size,
-            "name": f"offline ({report.model.version})", "warnings": report.warnings}
+    return {
+        "report": evaluate(classifier, test_rows),
+        "train_s": train_s,
+        "load_s": load_s,
+        "size": size,
+        "name": f"offline ({report.model.version})",
+        "warnings": report.warnings,
+    }
 
 
 def _bench_baseline(train_csv: Path, test_rows: list[LabeledText]) -> dict[str, Any]:
@@ -118,8 +128,14 @@ def _bench_baseline(train_csv: Path, test_rows: list[LabeledText]) -> dict[str, 
         started = time.perf_counter()
         loaded = joblib.load(path)
         load_s = time.perf_counter() - started
-    return {"report": evaluate(SklearnBaseline(loaded), test_rows), "train_s": train_s, "load_s": load_s,
-            "size": size, "name": "baseline: TF-IDF 1-2gram + LinearSVC", "warnings": ()}
+    return {
+        "report": evaluate(SklearnBaseline(loaded), test_rows),
+        "train_s": train_s,
+        "load_s": load_s,
+        "size": size,
+        "name": "baseline: TF-IDF 1-2gram + LinearSVC",
+        "warnings": (),
+    }
 
 
 def _table(ours: dict[str, Any], baseline: dict[str, Any], n_test: int) -> str:

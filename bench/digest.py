@@ -102,6 +102,7 @@ def generate(engine: Engine, n: int, *, seed: int = 6) -> None:
                 "resolved_at": r,
             }
         )
+
         def event(
             kind: str, actor: str, data: dict[str, str], when: datetime, ticket: int = i + 1, sink: Any = events
         ) -> None:
@@ -129,8 +130,24 @@ def generate(engine: Engine, n: int, *, seed: int = 6) -> None:
 
 
 TICKET_COLUMNS = [
-    "id", "subject", "body", "requester", "requester_name", "channel", "department", "priority", "status", "assignee",
-    "confidence", "summary", "classifier", "triaged", "created_at", "updated_at", "first_action_at", "resolved_at",
+    "id",
+    "subject",
+    "body",
+    "requester",
+    "requester_name",
+    "channel",
+    "department",
+    "priority",
+    "status",
+    "assignee",
+    "confidence",
+    "summary",
+    "classifier",
+    "triaged",
+    "created_at",
+    "updated_at",
+    "first_action_at",
+    "resolved_at",
 ]
 EVENT_COLUMNS = ["ticket_id", "kind", "actor", "data", "at"]
 
@@ -152,6 +169,7 @@ def _load(engine: Engine, tickets: list[dict[str, Any]], events: list[dict[str, 
         finally:
             raw.close()
         return
+
     # SQLite stores naive UTC text (storage.tables.UTCDateTime); executemany on the raw connection is the fast path.
     def value(v: Any) -> Any:
         return v.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds") if isinstance(v, datetime) else v
@@ -265,8 +283,10 @@ def main() -> int:
         )
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
     buf = io.StringIO()
-    buf.write(f"{'engine':<11}{'tickets':>10}{'admin s':>9}{'(first)':>9}{'dept s':>8}{'(first)':>9}"
-              f"{'chart s':>9}{'py peak MB':>11}{'RSS MB':>8}{'(start)':>8}{'+chart':>8}\n")
+    buf.write(
+        f"{'engine':<11}{'tickets':>10}{'admin s':>9}{'(first)':>9}{'dept s':>8}{'(first)':>9}"
+        f"{'chart s':>9}{'py peak MB':>11}{'RSS MB':>8}{'(start)':>8}{'+chart':>8}\n"
+    )
     missed = False
     for r in results:
         buf.write(
@@ -278,9 +298,11 @@ def main() -> int:
         slow = max(r["admin_first_s"], r["department_first_s"]) >= TARGET_SECONDS
         missed = missed or slow or r["max_rss_mb"] >= TARGET_MB
     print(buf.getvalue(), end="")
-    print(f"targets: < {TARGET_SECONDS:.0f} s per digest (first run), peak RSS < {TARGET_MB:.0f} MB "
-          "(RSS MB: the process's peak while composing; +chart: after drawing the chart too): "
-          + ("missed" if missed else "met"))
+    print(
+        f"targets: < {TARGET_SECONDS:.0f} s per digest (first run), peak RSS < {TARGET_MB:.0f} MB "
+        "(RSS MB: the process's peak while composing; +chart: after drawing the chart too): "
+        + ("missed" if missed else "met")
+    )
     return 1 if missed else 0
 
 

@@ -544,8 +544,12 @@ class SlackDelivery:
         except SlackApiError as exc:
             if exc.response.status_code == 429:
                 raise slack_error(exc, "conversations.history", channel) from exc
-            log.info("digest %s: cannot check %s for an earlier post (%s); posting", item.dedupe_key, channel,
-                     exc.response.get("error") if isinstance(exc.response.data, dict) else exc.response.status_code)
+            log.info(
+                "digest %s: cannot check %s for an earlier post (%s); posting",
+                item.dedupe_key,
+                channel,
+                exc.response.get("error") if isinstance(exc.response.data, dict) else exc.response.status_code,
+            )
             return None
         except (SlackClientError, OSError, ValueError) as exc:
             raise DeliveryError(f"conversations.history: {type(exc).__name__}: {exc}") from exc

@@ -165,9 +165,7 @@ class OutboxDispatcher:
             if attempts >= self.policy.max_attempts:
                 log.warning("outbox %s (%s) parked after %d attempts: %s", item.id, item.kind, attempts, exc)
                 error = str(exc)
-                self._record(
-                    lambda: self.store.mark_outbox_failed(item.id, error=error, next_attempt_at=None, now=now)
-                )
+                self._record(lambda: self.store.mark_outbox_failed(item.id, error=error, next_attempt_at=None, now=now))
             else:
                 delay = self.policy.delay(attempts, exc.retry_after)
                 log.info(

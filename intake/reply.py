@@ -319,7 +319,7 @@ def _references(value: Any, in_reply_to: str | None) -> list[str]:
         refs.append(in_reply_to)  # RFC 5322 3.6.4: References ends with the parent's Message-ID
     if len(refs) > MAX_REFERENCES:
         # Keep the thread root and the most recent ids, as mail clients do when they trim.
-        refs = refs[:1] + refs[-(MAX_REFERENCES - 1):]
+        refs = refs[:1] + refs[-(MAX_REFERENCES - 1) :]
     return refs
 
 

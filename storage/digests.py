@@ -334,4 +334,3 @@ def _line(row: Any) -> TicketLine:
         updated_at=row.updated_at,
         assignee=row.assignee,
     )
-

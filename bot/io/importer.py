@@ -502,9 +502,7 @@ class Importer:
         if department_text:
             department = self.router.canonical(department_text)
             if department is None:
-                raise _Bad(
-                    f"unknown department {department_text!r}; one of: {', '.join(self.router.departments)}"
-                )
+                raise _Bad(f"unknown department {department_text!r}; one of: {', '.join(self.router.departments)}")
         elif options.classify and self.classifier is not None:
             try:
                 verdict = self.classifier.classify(subject, body)

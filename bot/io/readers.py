@@ -128,7 +128,7 @@ def _ascii_compatible(encoding: str) -> str:
         raise UnusableInput(f"unknown encoding {encoding!r}") from None
     # Rows are split on the bytes for '"' and '\n' before decoding (so one bad row cannot stop the file):
     # that needs an encoding where ASCII characters are single bytes.
-    if "a\n\"".encode(info.name) != b"a\n\"":
+    if 'a\n"'.encode(info.name) != b'a\n"':
         raise UnusableInput(f"encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8 first")
     return info.name
 

@@ -60,8 +60,21 @@ FloatArray = npt.NDArray[np.float64]
 _TOKEN = re.compile(r"\b\w\w+\b")
 _CSV_FIELD_LIMIT = 16 * 1024 * 1024
 _LOAD_ERRORS = (
-    OSError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, ImportError, MemoryError,
-    RecursionError, OverflowError, LookupError, pickle.UnpicklingError, zlib.error, struct.error,
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    ImportError,
+    MemoryError,
+    RecursionError,
+    OverflowError,
+    LookupError,
+    pickle.UnpicklingError,
+    zlib.error,
+    struct.error,
 )
 
 
@@ -195,7 +208,11 @@ class BlendedTextModel:
         self.chars_: TfidfVectorizer | None = None
         if self.char_c is not None:
             self.chars_ = TfidfVectorizer(
-                analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df, preprocessor=fold_text,
+                analyzer="char_wb",
+                ngram_range=(2, 5),
+                sublinear_tf=True,
+                min_df=min_df,
+                preprocessor=fold_text,
                 dtype=np.float64,
             )
             chars = self.chars_.fit_transform(texts)
@@ -342,8 +359,9 @@ def estimator_for(n_examples: int) -> BlendedTextModel:
     if n_examples < SMALL_DATA:
         # Hand-written knowledge and small histories: every word counts (min_df 1, idf), typos are common (chars),
         # and the labels are unevenly represented (balanced weights).
-        return BlendedTextModel(word_c=1.0, nb_c=0.3, char_c=1.0, idf=True, min_df=1, folds=5,
-                                class_weight="balanced", blend="auto")
+        return BlendedTextModel(
+            word_c=1.0, nb_c=0.3, char_c=1.0, idf=True, min_df=1, folds=5, class_weight="balanced", blend="auto"
+        )
     return BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=2, folds=3)
 
 

@@ -65,10 +65,19 @@ def add_ticket(engine: Engine, department: str, created_at: datetime, **values: 
         ticket_id = conn.execute(
             insert(TicketRow)
             .values(
-                subject="s", body="b", requester="ana@example.com", channel="email", department=department,
-                priority=values.pop("priority", "medium"), status=values.pop("status", "new"), confidence=0.8,
-                summary=values.pop("summary", "Printer jam"), classifier="offline", created_at=created_at,
-                updated_at=created_at, **values,
+                subject="s",
+                body="b",
+                requester="ana@example.com",
+                channel="email",
+                department=department,
+                priority=values.pop("priority", "medium"),
+                status=values.pop("status", "new"),
+                confidence=0.8,
+                summary=values.pop("summary", "Printer jam"),
+                classifier="offline",
+                created_at=created_at,
+                updated_at=created_at,
+                **values,
             )
             .returning(TicketRow.id)
         ).scalar_one()

@@ -107,8 +107,9 @@ def test_local_days_on_the_dst_change_days_are_23_and_25_hours_long() -> None:
 
 def test_a_department_digest_asks_for_its_department_and_lists_its_tickets() -> None:
     store = MemoryDigestStore()
-    digest = compose_digest(store, period(department_scope("IT Support")), departments=["IT Support", "HR"],
-                            now=NOW, stale_days=3)
+    digest = compose_digest(
+        store, period(department_scope("IT Support")), departments=["IT Support", "HR"], now=NOW, stale_days=3
+    )
     (it,) = digest.departments
     assert (it.new, it.resolved, it.open_total, it.stale, it.unassigned_urgent) == (4, 1, 5, 3, 2)
     assert dict(it.open_by_status) == {"new": 2, "waiting": 3}
@@ -147,8 +148,9 @@ def test_a_quiet_day_says_so_everywhere() -> None:
 
 
 def test_untrusted_text_is_escaped_in_slack_and_html() -> None:
-    digest = compose_digest(MemoryDigestStore(), period(department_scope("IT Support")),
-                            departments=["IT Support"], now=NOW, stale_days=3)
+    digest = compose_digest(
+        MemoryDigestStore(), period(department_scope("IT Support")), departments=["IT Support"], now=NOW, stale_days=3
+    )
     blocks = slack_blocks(digest)
     dumped = json.dumps(blocks)
     assert "<!channel>" not in dumped and "<@U123" not in dumped and "<https://" not in dumped
@@ -173,8 +175,9 @@ def test_the_admin_html_shows_the_table_and_the_inline_chart() -> None:
 
 def test_json_round_trip() -> None:
     for scope in (ADMIN_SCOPE, department_scope("IT Support")):
-        digest = compose_digest(MemoryDigestStore(), period(scope), departments=["IT Support", "HR"], now=NOW,
-                                stale_days=3)
+        digest = compose_digest(
+            MemoryDigestStore(), period(scope), departments=["IT Support", "HR"], now=NOW, stale_days=3
+        )
         data = json.loads(json.dumps(digest_to_json(digest)))
         assert digest_from_json(data) == digest
 

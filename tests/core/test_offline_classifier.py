@@ -234,8 +234,9 @@ def test_custom_departments_are_learnt_from_their_config() -> None:
 
 
 def test_entirely_unknown_departments_still_work() -> None:
-    classifier = OfflineClassifier.load(None, ["Kitchen", "Garage"], keywords={"Kitchen": ["oven", "fridge"],
-                                                                               "Garage": ["car", "tyre"]})
+    classifier = OfflineClassifier.load(
+        None, ["Kitchen", "Garage"], keywords={"Kitchen": ["oven", "fridge"], "Garage": ["car", "tyre"]}
+    )
     assert classifier.classify("", "the oven is not heating").department == "Kitchen"
     assert classifier.classify("", "flat tyre on the van").department == "Garage"
 
@@ -296,15 +297,20 @@ def test_truncated_and_foreign_model_files_raise(tmp_path: Path) -> None:
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = fit_model([(f"printer {i}", "IT") for i in range(5)] + [(f"invoice {i}", "Money") for i in range(5)],
-                      source="test")
+    model = fit_model(
+        [(f"printer {i}", "IT") for i in range(5)] + [(f"invoice {i}", "Money") for i in range(5)], source="test"
+    )
     path = tmp_path / "sub" / "offline.joblib"
     save_model(model, path)
     save_model(model, path)  # replacing an existing file works too
     assert [p.name for p in path.parent.iterdir()] == ["offline.joblib"]  # no temp file left behind
     loaded = read_model(path)
     assert (loaded.version, loaded.labels, loaded.source, loaded.examples) == (
-        model.version, model.labels, model.source, model.examples)
+        model.version,
+        model.labels,
+        model.source,
+        model.examples,
+    )
     assert loaded.trained_at == model.trained_at
     assert np.allclose(loaded.probabilities("printer jam"), model.probabilities("printer jam"))
 
@@ -352,18 +358,30 @@ def test_train_from_csv_with_plain_mapping(tmp_path: Path) -> None:
 def test_train_from_csv_with_suggested_mapping_shape_and_shipped_knowledge(tmp_path: Path) -> None:
     csv_path = _write_csv(tmp_path / "history.csv", HISTORY + [("Hello", "sales question", "Sales")])
     map_path = tmp_path / "map.json"
-    map_path.write_text(json.dumps({
-        "_note": "comment",
-        "Tech": {"department": "IT Support", "fit": "good"},
-        "People": {"department": "hr", "fit": "good"},
-        "Returns": {"department": None, "fit": "none", "fallback": "Finance"},
-        "Sales": {"department": None, "fit": "none"},
-    }))
+    map_path.write_text(
+        json.dumps(
+            {
+                "_note": "comment",
+                "Tech": {"department": "IT Support", "fit": "good"},
+                "People": {"department": "hr", "fit": "good"},
+                "Returns": {"department": None, "fit": "none", "fallback": "Finance"},
+                "Sales": {"department": None, "fit": "none"},
+            }
+        )
+    )
     mapping = load_mapping(map_path)
     assert mapping == {"Tech": "IT Support", "People": "hr", "Returns": "Finance", "Sales": None}
     extra = [("the oven is broken", "Facilities")]
-    report = train_from_csv(csv_path, "text", "queue", subject_col="subject", mapping=mapping,
-                            include_shipped=True, departments=DEFAULTS, extra_examples=extra)
+    report = train_from_csv(
+        csv_path,
+        "text",
+        "queue",
+        subject_col="subject",
+        mapping=mapping,
+        include_shipped=True,
+        departments=DEFAULTS,
+        extra_examples=extra,
+    )
     assert report.csv.dropped_unmapped == 1
     assert report.shipped_examples > 500 and report.extra_examples == 1
     assert set(report.model.labels) == set(DEFAULTS)  # "hr" respelled as configured
@@ -390,11 +408,12 @@ def test_unmapped_labels_are_kept_and_reported(tmp_path: Path) -> None:
         ("text,queue\n,Tech\nhello,\n", {}, "none of the 2 rows"),
         ("text,queue\nhello,Tech\nbye,Tech\n", {}, "at least two different labels"),
         ("text,queue\na b,Tech\nc d,People\n", {}, "cannot train.*empty vocabulary"),
-        ("text,queue\n\"unterminated,Tech\n", {}, "malformed CSV"),
+        ('text,queue\n"unterminated,Tech\n', {}, "malformed CSV"),
     ],
 )
-def test_bad_csv_input_raises_invalid_input(tmp_path: Path, content: str | None, kwargs: dict[str, Any],
-                                            message: str) -> None:
+def test_bad_csv_input_raises_invalid_input(
+    tmp_path: Path, content: str | None, kwargs: dict[str, Any], message: str
+) -> None:
     path = tmp_path / "history.csv"
     if content is not None:
         path.write_text(content, encoding="utf-8")
@@ -411,8 +430,13 @@ def test_csv_that_is_not_utf8_raises_invalid_input(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"), ('{"a": 3}', "expected a department name"),
-     ('{"a": {"department": 5}}', "must be a string"), ('{"_note": "x"}', "no labels")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"a": 3}', "expected a department name"),
+        ('{"a": {"department": 5}}', "must be a string"),
+        ('{"_note": "x"}', "no labels"),
+    ],
 )
 def test_bad_mapping_file_raises_invalid_input(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "map.json"

@@ -37,7 +37,6 @@ COUNT = 100 if FULL else 20
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
 
-
 def test_dovecot_restart_and_uidvalidity_change(make_cluster: MakeCluster) -> None:
     """Mail stays in INBOX (flag mode), so the rescan after the UIDVALIDITY change re-reads every message."""
     with running_dovecot() as server:

@@ -66,9 +66,7 @@ def test_oversized_input_gets_clear_answers_in_bounded_memory(dovecot: Dovecot, 
         r.message_id: r
         for r in cluster.query("SELECT message_id, status, size, last_error, ticket_id FROM inbound_messages")
     }
-    tickets = {
-        r.id: r for r in cluster.query("SELECT id, subject, length(subject) AS subject_len, body FROM tickets")
-    }
+    tickets = {r.id: r for r in cluster.query("SELECT id, subject, length(subject) AS subject_len, body FROM tickets")}
     report = check_invariants(
         cluster, email_keys=["big-warmup", "big-imap", "big-attachments", "big-subject"], expect_parked=["big-imap"]
     )

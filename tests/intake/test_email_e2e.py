@@ -516,8 +516,16 @@ def test_robots_and_our_own_mail_get_zero_automatic_answers(desk: Desk) -> None:
     assert desk.store.get_ticket(ticket.id).status is Status.NEW  # type: ignore[union-attr]
 
 
-TOPICS = ["Printer jammed", "VPN drops", "Payslip missing", "Desk lamp broken", "Expense claim", "New starter kit",
-          "Parking permit", "Monitor flickers"]
+TOPICS = [
+    "Printer jammed",
+    "VPN drops",
+    "Payslip missing",
+    "Desk lamp broken",
+    "Expense claim",
+    "New starter kit",
+    "Parking permit",
+    "Monitor flickers",
+]
 
 
 def test_one_sender_gets_at_most_the_hourly_limit_of_automatic_mails(desk: Desk) -> None:

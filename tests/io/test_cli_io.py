@@ -83,8 +83,11 @@ def test_unusable_input_exits_2_and_changes_nothing(cli: CliRunner, tmp_path: Pa
 def test_mapping_options_classify_and_dry_run(cli: CliRunner, tmp_path: Path) -> None:
     source = write(tmp_path / "legacy.csv", "Title,Text,From\nPrinter,The printer on floor 2 is jammed,x@example.com\n")
     mapping = write(tmp_path / "map.yaml", "body: Text\nrequester: From\n")
-    dry = json.loads(run(cli, "import", source, "--map", "subject=Title", "--map-file", mapping, "--classify",
-                         "--dry-run", "--json").output)
+    dry = json.loads(
+        run(
+            cli, "import", source, "--map", "subject=Title", "--map-file", mapping, "--classify", "--dry-run", "--json"
+        ).output
+    )
     assert (dry["imported"], dry["classified"], dry["dry_run"]) == (1, 1, True)
     assert json.loads(run(cli, "tickets", "list", "--json").output) == []
     result = run(cli, "import", source, "--map", "subject=Title", "--map-file", mapping, "--classify")

@@ -73,9 +73,7 @@ def test_export_has_the_api_fields_in_order_newest_first(store: SqlStore, run_im
     assert json.loads(export(store, ExportFormat.JSON, TicketQuery(requester="nobody"))) == []
 
 
-def test_an_export_imported_into_another_database_once(
-    store: SqlStore, run_import: RunImport, tmp_path: Path
-) -> None:
+def test_an_export_imported_into_another_database_once(store: SqlStore, run_import: RunImport, tmp_path: Path) -> None:
     seed(store, run_import)
     data = export(store, ExportFormat.JSON).encode()
     other_engine = make_engine(f"sqlite:///{tmp_path / 'other.db'}")

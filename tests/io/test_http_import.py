@@ -25,8 +25,10 @@ def test_multipart_upload_imports_and_reports(api: Api) -> None:
 
 
 def test_raw_body_with_format_mapping_and_classify(api: Api) -> None:
-    lines = "\n".join(json.dumps({"t": t, "who": "bo@example.com"}) for t in ("Payroll error on my payslip",
-                                                                                 "The office heating is broken"))
+    lines = "\n".join(
+        json.dumps({"t": t, "who": "bo@example.com"})
+        for t in ("Payroll error on my payslip", "The office heating is broken")
+    )
     response = api.client.post(
         "/import",
         params={"format": "jsonl", "map": ["body=t", "requester=who"], "classify": "true"},
@@ -44,8 +46,9 @@ def test_auth_scope_and_unusable_input(api: Api) -> None:
     assert api.reader.post("/import", content=CSV, params={"format": "csv"}).status_code == 403
     unusable = api.client.post("/import", content=b"subject\nx\n", params={"format": "csv"})
     assert unusable.status_code == 422 and "no requester column" in unusable.json()["error"]["message"]
-    bomb = api.client.post("/import", content=b'<!DOCTYPE t [<!ENTITY a "b">]><tickets/>',
-                           headers={"Content-Type": "application/xml"})
+    bomb = api.client.post(
+        "/import", content=b'<!DOCTYPE t [<!ENTITY a "b">]><tickets/>', headers={"Content-Type": "application/xml"}
+    )
     assert bomb.status_code == 422 and "refused XML" in bomb.json()["error"]["message"]
     unknown = api.client.post("/import", content=b"abc")
     assert unknown.status_code == 422 and "give ?format=" in unknown.json()["error"]["message"]

@@ -19,7 +19,7 @@ from tests.io.conftest import ROUTER, RunImport
 
 CSV = (
     "external_id,subject,body,requester,department,priority,status,created_at\n"
-    "ZD-1,VPN down,\"It fails since this morning,\nafter the update\",ana@example.com,IT Support,high,open,"
+    'ZD-1,VPN down,"It fails since this morning,\nafter the update",ana@example.com,IT Support,high,open,'
     "2024-03-01T09:00:00Z\n"
     "ZD-2,Payslip,Where is my payslip?,bo@example.com,hr,,solved,2024-03-02 10:00\n"
 )
@@ -78,8 +78,9 @@ def test_json_array_jsonl_and_xml(store: SqlStore, run_import: RunImport) -> Non
 
 def test_mapping_renames_columns(store: SqlStore, run_import: RunImport) -> None:
     data = "Title,Description,Email,Team\nWi-Fi,No signal on floor 3,e@example.com,IT Support\n"
-    report = run_import(data, mapping={"subject": "Title", "body": "Description", "requester": "Email",
-                                       "department": "Team"})
+    report = run_import(
+        data, mapping={"subject": "Title", "body": "Description", "requester": "Email", "department": "Team"}
+    )
     assert report.imported == 1 and report.ignored_fields == []
     [ticket] = store.list_tickets(TicketFilter(limit=10))
     assert (ticket.subject, ticket.body, ticket.department) == ("Wi-Fi", "No signal on floor 3", "IT Support")

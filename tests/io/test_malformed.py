@@ -72,8 +72,10 @@ def test_broken_json_keeps_the_rows_before_the_break(store: SqlStore, run_import
     assert (report.imported, report.exit_code) == (2, 1)
     assert report.fatal is not None and "broken JSON after row 2" in report.fatal
     report = run_import('[{"subject": "a", "requester": "b@c.d"}, 42, "x"]', "json")
-    assert report.imported == 1 and [e.reason for e in report.errors] == ["expected an object, got a number",
-                                                                         "expected an object, got a string"]
+    assert report.imported == 1 and [e.reason for e in report.errors] == [
+        "expected an object, got a number",
+        "expected an object, got a string",
+    ]
 
 
 def test_json_lines_go_on_after_a_bad_line(store: SqlStore, run_import: RunImport) -> None:
@@ -112,7 +114,7 @@ def test_an_enormous_field_in_a_200_mb_file_is_one_bad_row(store: SqlStore, impo
     path = tmp_path / "big.csv"
     block = b"x" * (1024 * 1024)
     with path.open("wb") as f:
-        f.write(b"subject,body,requester\nfirst,ok,a@example.com\nhuge,\"")
+        f.write(b'subject,body,requester\nfirst,ok,a@example.com\nhuge,"')
         for _ in range(200):  # a quoted field of 200 MiB, with line breaks now and then
             f.write(block + b"\n")
         f.write(b'",b@example.com\nlast,"ok, quoted",c@example.com\n')
@@ -134,8 +136,10 @@ def test_an_enormous_value_in_json_or_xml_stops_the_read_with_a_clear_error(
     if fmt == "json":
         data = json.dumps([{"subject": "ok", "requester": "a@b.c"}, {"subject": huge, "requester": "a@b.c"}])
     else:
-        data = f"<tickets><ticket><subject>ok</subject><requester>a@b.c</requester></ticket>" \
-               f"<ticket><subject>{huge}</subject></ticket></tickets>"
+        data = (
+            f"<tickets><ticket><subject>ok</subject><requester>a@b.c</requester></ticket>"
+            f"<ticket><subject>{huge}</subject></ticket></tickets>"
+        )
     report = importer.run(io.BytesIO(data.encode()), ImportOptions(format=Format(fmt), max_row_bytes=64 * 1024))
     assert (report.imported, report.exit_code) == (1, 1)
     assert report.fatal is not None and report.fatal.startswith("row 2 is over the row limit of 65,536 bytes")

@@ -71,16 +71,35 @@ def scenario(engine: Engine) -> Engine:
     """The tickets whose figures are worked out by hand in the tests below (window 11-16 09:00 to 11-17 09:00)."""
     add_ticket(engine, IT, "11-16 10:00", priority="urgent", classifier="claude", confidence=0.9, summary="VPN down")
     add_ticket(
-        engine, IT, "11-16 12:00", status="resolved", first_action_at="11-16 13:00", resolved_at="11-16 16:00",
-        classifier="offline", confidence=0.5, updated="11-16 16:00",
+        engine,
+        IT,
+        "11-16 12:00",
+        status="resolved",
+        first_action_at="11-16 13:00",
+        resolved_at="11-16 16:00",
+        classifier="offline",
+        confidence=0.5,
+        updated="11-16 16:00",
     )
     add_ticket(
-        engine, IT, "11-10 09:00", status="in_progress", priority="high", first_action_at="11-16 11:00",
-        updated="11-13 09:00", assignee="U1", summary="Printer <!channel> & jam",
+        engine,
+        IT,
+        "11-10 09:00",
+        status="in_progress",
+        priority="high",
+        first_action_at="11-16 11:00",
+        updated="11-13 09:00",
+        assignee="U1",
+        summary="Printer <!channel> & jam",
     )
     add_ticket(engine, IT, "11-01 08:00", status="waiting", first_action_at="11-02 08:00", updated="11-16 20:00")
     add_ticket(
-        engine, IT, "11-15 09:00", status="closed", first_action_at="11-16 09:30", resolved_at="11-17 08:00",
+        engine,
+        IT,
+        "11-15 09:00",
+        status="closed",
+        first_action_at="11-16 09:30",
+        resolved_at="11-17 08:00",
         updated="11-17 08:00",
     )
     hr = add_ticket(engine, HR, "11-16 09:00", priority="low", classifier="claude", confidence=0.7, routed_to=GEN)
@@ -90,15 +109,24 @@ def scenario(engine: Engine) -> Engine:
     with engine.begin() as conn:
         conn.execute(
             insert(InboundRow).values(
-                channel="email", dedupe_key="k1", payload=b"x", received_at=at("11-16 10:00"), status="parked",
+                channel="email",
+                dedupe_key="k1",
+                payload=b"x",
+                received_at=at("11-16 10:00"),
+                status="parked",
                 updated_at=at("11-16 10:00"),
             )
         )
         for n, (status, attempts) in enumerate([("parked", 8), ("pending", 2), ("pending", 0), ("sent", 1)]):
             conn.execute(
                 insert(OutboxRow).values(
-                    kind="email", dedupe_key=f"o{n}", payload={}, status=status, attempts=attempts,
-                    next_attempt_at=at("11-16 10:00"), created_at=at("11-16 10:00"),
+                    kind="email",
+                    dedupe_key=f"o{n}",
+                    payload={},
+                    status=status,
+                    attempts=attempts,
+                    next_attempt_at=at("11-16 10:00"),
+                    created_at=at("11-16 10:00"),
                 )
             )
     return engine
@@ -151,8 +179,12 @@ def test_admin_figures_match_hand_computed_values(scenario: Engine) -> None:
     assert daily is not None
     assert daily.days[0] == date(2026, 11, 3) and daily.days[-1] == date(2026, 11, 16) and len(daily.days) == 14
     it_days = dict(zip(daily.days, daily.counts[IT], strict=True))
-    assert {d: n for d, n in it_days.items() if n} == {date(2026, 11, 5): 1, date(2026, 11, 10): 1,
-                                                        date(2026, 11, 15): 1, date(2026, 11, 16): 2}
+    assert {d: n for d, n in it_days.items() if n} == {
+        date(2026, 11, 5): 1,
+        date(2026, 11, 10): 1,
+        date(2026, 11, 15): 1,
+        date(2026, 11, 16): 2,
+    }
     assert sum(daily.counts[HR]) == 1 and sum(daily.counts[GEN]) == 0
 
 
@@ -170,8 +202,16 @@ def test_a_quiet_day_has_zeroes_everywhere(engine: Engine) -> None:
 
 def test_daily_counts_follow_local_days_across_both_dst_changes(engine: Engine) -> None:
     # 2026-03-29 and 2026-10-25 are the last Sundays of March and October: 23- and 25-hour days in London.
-    for when in ("03-28 23:30", "03-29 00:30", "03-29 22:59", "03-29 23:30", "10-24 22:59", "10-24 23:30",
-                 "10-25 23:30", "10-26 00:30"):
+    for when in (
+        "03-28 23:30",
+        "03-29 00:30",
+        "03-29 22:59",
+        "03-29 23:30",
+        "10-24 22:59",
+        "10-24 23:30",
+        "10-25 23:30",
+        "10-26 00:30",
+    ):
         add_ticket(engine, IT, when)
     store = SqlDigestStore(SqlStore(engine))
     march = [date(2026, 3, 28), date(2026, 3, 29), date(2026, 3, 30)]
@@ -240,9 +280,7 @@ def test_the_work_does_not_grow_with_the_table(scenario: Engine) -> None:
 
         event.listen(scenario, "after_cursor_execute", after)
         try:
-            compose_digest(
-                SqlDigestStore(SqlStore(scenario)), WINDOW, departments=[IT, HR, GEN], now=NOW, stale_days=3
-            )
+            compose_digest(SqlDigestStore(SqlStore(scenario)), WINDOW, departments=[IT, HR, GEN], now=NOW, stale_days=3)
         finally:
             event.remove(scenario, "after_cursor_execute", after)
         return seen
