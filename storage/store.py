@@ -549,16 +549,25 @@ class SqlStore:
 
     def labelled_history(self, *, limit: int = 200_000) -> list[tuple[str, str, str]]:
         """(subject, body, department) of tickets whose department a person confirmed: rerouted ones (the
-        corrections) and resolved or closed ones that stayed where the classifier put them."""
+        corrections) and resolved or closed ones that stayed where the classifier put them.
+
+        An imported ticket that arrived resolved with a department the classifier chose (``import --classify``)
+        confirms nothing: nobody worked it here, and learning from it would teach the model its own guesses. It
+        counts once its status was changed here. Imported tickets whose department came from the file
+        (classifier ``import``) are a person's labels."""
         rerouted = select(TicketEventRow.ticket_id).where(
             TicketEventRow.kind == EventKind.REROUTED.value, ~TicketEventRow.actor.startswith("classifier:")
+        )
+        status_changed = select(TicketEventRow.ticket_id).where(TicketEventRow.kind == EventKind.STATUS.value)
+        worked_here = or_(
+            TicketRow.external_key.is_(None), TicketRow.classifier == "import", TicketRow.id.in_(status_changed)
         )
         stmt = (
             select(TicketRow.subject, TicketRow.body, TicketRow.department)
             .where(
                 or_(
                     TicketRow.id.in_(rerouted),
-                    TicketRow.status.in_([Status.RESOLVED.value, Status.CLOSED.value]),
+                    and_(TicketRow.status.in_([Status.RESOLVED.value, Status.CLOSED.value]), worked_here),
                 ),
                 TicketRow.triaged.is_(False),
             )

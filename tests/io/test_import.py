@@ -102,6 +102,23 @@ def test_classify_routes_rows_without_a_department(store: SqlStore, run_import: 
     assert by_subject["Parking"].classifier == "import"
 
 
+def test_resolved_imports_teach_the_model_only_labels_people_gave(store: SqlStore, run_import: RunImport) -> None:
+    data = (
+        "subject,body,requester,department,status\n"
+        "Password reset,I forgot my password and cannot log in,f@example.com,,resolved\n"
+        "Parking,The car park barrier is broken,g@example.com,Facilities,resolved\n"
+    )
+    assert run_import(data, classify=True).imported == 2
+    # The classifier's guess for the first row is not a label; the file's department for the second is.
+    assert store.labelled_history() == [("Parking", "The car park barrier is broken", "Facilities")]
+
+    # Reopened and resolved here, it was worked by a person in its department: now it counts.
+    guessed = next(t for t in store.list_tickets(TicketFilter(limit=10)) if t.subject == "Password reset")
+    store.change_status(guessed.id, Status.IN_PROGRESS, actor="U0AGENT", note=None, compose=lambda t: [])
+    store.change_status(guessed.id, Status.RESOLVED, actor="U0AGENT", note=None, compose=lambda t: [])
+    assert [subject for subject, _body, _dept in store.labelled_history()] == ["Parking", "Password reset"]
+
+
 def test_bad_rows_are_reported_and_good_rows_imported(store: SqlStore, run_import: RunImport) -> None:
     data = (
         b"subject,body,requester,priority,created_at\n"
