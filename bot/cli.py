@@ -164,6 +164,18 @@ def config_check(ctx: Context, config_file: str | None) -> None:
     with errors():
         config = load_config(path)
         load_secrets()
+    if config.digests.enabled:
+        # The digest schedules go through APScheduler's own cron parser, as `run` does when it starts.
+        from bot.digest import DigestSchedule
+
+        bad = []
+        for key in ("department_cron", "admin_cron"):
+            try:
+                DigestSchedule(getattr(config.digests, key), config.digests.timezone)
+            except TicketbotError as exc:
+                bad.append(f"digests.{key}: {str(exc).removeprefix('digests: ')}")
+        if bad:
+            fail(f"{config_path(path)}: " + "; ".join(bad))
     click.echo(f"{config_path(path)}: OK ({len(config.departments)} departments: {', '.join(config.department_names)})")
 
 

@@ -100,6 +100,15 @@ def test_config_check_names_every_bad_key(cli: CliRunner, tmp_path: Path) -> Non
         assert key in result.output
 
 
+def test_config_check_parses_the_digest_schedules_as_run_does(cli: CliRunner, tmp_path: Path) -> None:
+    bad = tmp_path / "cron.yaml"
+    bad.write_text("digests:\n  department_cron: '0 9 * * mon-fry'\n  admin_cron: '61 9 * * *'\n")
+    result = cli.invoke(main, ["config", "check", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "digests.department_cron" in result.output and "mon-fry" in result.output
+    assert "digests.admin_cron" in result.output
+
+
 def test_db_upgrade_is_idempotent(cli: CliRunner) -> None:
     assert run(cli, "db", "upgrade").exit_code == 0
     assert "latest schema" in run(cli, "db", "upgrade").output
