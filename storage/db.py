@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -115,29 +116,47 @@ _HOLDS_WRITER = "ticketbot_holds_writer_lock"
 
 
 class _WriterLock:
-    """The in-process queue for SQLite's single writer.
+    """The in-process queue for SQLite's single writer, first come first served.
 
-    ``acquire`` returns False, and the caller goes on without it (SQLite's busy timeout still applies), when the
-    thread holds it already (a write opened inside another write) or after ``timeout`` seconds: a forgotten
-    release can slow writers down, never stop them.
+    Release hands the lock straight to the longest waiter, so a thread that writes in a loop cannot take it back
+    before the others (a plain ``threading.Lock`` lets it, and starved a poller's lease renewal). ``acquire``
+    returns False, and the caller goes on without it (SQLite's busy timeout still applies), when the thread holds
+    it already (a write opened inside another write) or after ``timeout`` seconds: a forgotten release can slow
+    writers down, never stop them.
     """
 
     def __init__(self, timeout: float = 30.0) -> None:
-        self._lock = threading.Lock()
+        self._mutex = threading.Lock()
         self._owner: int | None = None
+        self._waiters: deque[tuple[int, threading.Event]] = deque()
         self._timeout = timeout
 
     def acquire(self) -> bool:
-        if self._owner == threading.get_ident():
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                return False
+            if self._owner is None and not self._waiters:
+                self._owner = me
+                return True
+            turn = (me, threading.Event())
+            self._waiters.append(turn)
+        if turn[1].wait(self._timeout):
+            return True  # handed over by release()
+        with self._mutex:
+            if self._owner == me:  # handed over just as the wait ran out
+                return True
+            self._waiters.remove(turn)
             return False
-        if not self._lock.acquire(timeout=self._timeout):
-            return False
-        self._owner = threading.get_ident()
-        return True
 
     def release(self) -> None:
-        self._owner = None
-        self._lock.release()
+        with self._mutex:
+            if self._waiters:
+                owner, event = self._waiters.popleft()
+                self._owner = owner
+                event.set()
+            else:
+                self._owner = None
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
