@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,21 @@ from core.inbound import InboundStatus, StoredInbound
 from core.message import Attachment, Channel, Message
 from intake.identity import email_identity
 from intake.parse import EmailSettings, email_decoder, latest_reply, message_from_email
+
+
+@contextmanager
+def cpu_bound(seconds: float) -> Iterator[None]:
+    """Fail when the block spends more than ``seconds`` of this thread's CPU.
+
+    A guard against super-linear work on hostile input (the bounds are 10 to 100 times what the capped code needs,
+    and far below what the uncapped stdlib or regex would need), not a speed test: speed is measured under
+    ``bench/``. It reads this thread's CPU time, not the wall clock, so a busy machine does not make it fail.
+    """
+    started = time.thread_time()
+    yield
+    used = time.thread_time() - started
+    assert used < seconds, f"{used:.2f} s of CPU against a bound of {seconds} s"
+
 
 DATA = Path(__file__).parent / "data"
 RECEIVED = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
@@ -119,9 +136,8 @@ def test_alternative_with_empty_plain_part_uses_html() -> None:
 def test_html_with_two_thousand_links_is_fast() -> None:
     links = "".join(f'<a href="https://intranet.example.com/page/{i}">link {i}</a><br>\n' for i in range(2000))
     raw = build("Subject: Broken links", content_type="text/html; charset=utf-8", body=f"<p>All broken:</p>{links}")
-    started = time.perf_counter()
-    message = parse(raw)
-    assert time.perf_counter() - started < 2.0  # ~40 ms measured
+    with cpu_bound(2.0):  # ~40 ms here
+        message = parse(raw)
     assert message.body.startswith("All broken:\n\nlink 0\nlink 1\n")
     assert message.body.endswith("link 1999")
     assert "https://" not in message.body
@@ -130,9 +146,8 @@ def test_html_with_two_thousand_links_is_fast() -> None:
 def test_huge_html_falls_back_to_the_tag_stripper() -> None:
     # 1.4 MB: past inscriptis's budget (1 MB, 10k tags), inside the 2 MB cap
     markup = "<style>x{}</style><p>start</p>" + "<span>w</span>" * 100_000 + "<!-- hidden --><p>end &amp; done</p>"
-    started = time.perf_counter()
-    message = parse(build("Subject: big", content_type="text/html", body=markup))
-    assert time.perf_counter() - started < 3.0  # inscriptis would need ~2 s for 100k tags
+    with cpu_bound(3.0):  # inscriptis would need ~2 s for 100k tags
+        message = parse(build("Subject: big", content_type="text/html", body=markup))
     assert message.body.startswith("start\n")
     assert message.body.endswith("end & done")
     assert "hidden" not in message.body and "x{}" not in message.body
@@ -192,9 +207,8 @@ def test_a_thousand_tiny_attachments() -> None:
             f"\r\nline {i}\r\n"
         )
     raw = build("Subject: logs", content_type="multipart/mixed; boundary=b", body="".join(parts) + "--b--\r\n")
-    started = time.perf_counter()
-    message = parse(raw)
-    assert time.perf_counter() - started < 5.0  # ~0.4 s measured
+    with cpu_bound(5.0):  # ~0.4 s here
+        message = parse(raw)
     assert message.body == "See the attached logs."
     assert len(message.attachments) == 1000
     # the line break before a boundary belongs to the boundary (RFC 2046)
@@ -342,9 +356,8 @@ def test_nul_characters_are_dropped() -> None:
 
 def test_a_megabyte_subject_is_capped_quickly() -> None:
     raw = build("Subject: " + "Printer broken again " * 50_000)
-    started = time.perf_counter()
-    message = parse(raw)
-    assert time.perf_counter() - started < 1.0  # the policy's own header parser takes ~30 s on this
+    with cpu_bound(1.0):  # the policy's own header parser takes ~30 s on this
+        message = parse(raw)
     assert message.subject.startswith("Printer broken again Printer")
     assert len(message.subject) <= 1_010
 
@@ -525,9 +538,8 @@ def test_long_lines_survive_quote_stripping() -> None:
     ids=["long-on-line", "blank-run", "many-long-lines"],
 )
 def test_quote_stripping_is_bounded_on_hostile_text(text: str) -> None:
-    started = time.perf_counter()
-    latest_reply(text)
-    assert time.perf_counter() - started < 2.0
+    with cpu_bound(2.0):
+        latest_reply(text)
 
 
 def test_rfc3676_signature_is_stripped() -> None:
@@ -674,9 +686,8 @@ def test_not_an_email_is_malformed(raw: bytes) -> None:
 
 def test_long_content_type_does_not_hang_the_stdlib_parser() -> None:
     raw = build("Subject: x", content_type='text/plain; x="' + "y " * 300_000 + '"', body="fine")
-    started = time.perf_counter()
-    assert parse(raw).body == "fine"
-    assert time.perf_counter() - started < 2.0  # uncut, the stdlib needs about a minute
+    with cpu_bound(2.0):  # uncut, the stdlib needs about a minute
+        assert parse(raw).body == "fine"
 
 
 def test_a_parameter_the_policy_parser_chokes_on_falls_back_to_compat32() -> None:
@@ -696,9 +707,8 @@ def test_nesting_deeper_than_the_stack_is_parked_with_headers_kept() -> None:
 
 def test_many_parts_stay_linear() -> None:
     parts = "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 20_000
-    started = time.perf_counter()
-    message = parse(build("Subject: x", content_type="multipart/mixed; boundary=b", body=parts + "--b--\r\n"))
-    assert time.perf_counter() - started < 5.0  # ~0.6 s; policy.default alone would need ~8 s
+    with cpu_bound(5.0):  # ~0.6 s here; policy.default alone would need ~8 s
+        message = parse(build("Subject: x", content_type="multipart/mixed; boundary=b", body=parts + "--b--\r\n"))
     assert message.body.startswith("x\n\nx")
 
 
