@@ -18,12 +18,17 @@ from storage.store import SqlStore
 from storage.tables import InboundRow
 
 inbound = InboundRow.metadata.tables["inbound_messages"]
+# Built once per dialect, values bound at execute time: building ``insert().values(...)`` per request cost more
+# than executing it, and a statement without inline values hits SQLAlchemy's compiled cache.
+_INSERT_CLAIMED = {
+    name: dialect.insert(inbound).on_conflict_do_nothing().returning(inbound.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 
 
 def receive_claimed(store: SqlStore, record: InboundRecord, *, now: datetime, lease: timedelta) -> StoredInbound | None:
     """Commit ``record`` leased to the caller until ``now + lease``; None when its dedupe key is already stored
     (a retry: the caller looks the first one up with ``SqlStore.receive``)."""
-    insert = (postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert)(inbound)
     values = {
         "channel": record.channel.value,
         "dedupe_key": record.dedupe_key,
@@ -38,9 +43,7 @@ def receive_claimed(store: SqlStore, record: InboundRecord, *, now: datetime, le
     }
     try:
         with store.engine.begin() as conn:
-            row_id = conn.execute(
-                insert.values(**values).on_conflict_do_nothing().returning(inbound.c.id)
-            ).scalar_one_or_none()
+            row_id = conn.execute(_INSERT_CLAIMED[store.engine.dialect.name], values).scalar_one_or_none()
     except SQLAlchemyError as exc:
         raise StorageError(f"database error: {exc}") from exc
     if row_id is None:
