@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import StorageError
 from core.message import Channel
 from core.ticket import EventKind, Priority, Status
+from storage import stats_days
 from storage.tables import TicketEventRow, TicketRow
 
 TICKETS: Table = TicketRow.__table__  # type: ignore[assignment]
@@ -92,8 +93,14 @@ class SqlImportStore:
         with self._connect(write=True) as conn:
             driver = conn.connection.driver_connection
             if self._pg:
-                return self._insert_pg(driver, tickets, actor[:320], now)
-            return self._insert_sqlite(driver, tickets, actor[:320], now)
+                inserted = self._insert_pg(driver, tickets, actor[:320], now)
+            else:
+                inserted = self._insert_sqlite(driver, tickets, actor[:320], now)
+            # Tickets added to closed days change those days' statistics: invalidate them in this transaction.
+            today = now.date()
+            days = {d for t in tickets if t.key in inserted and (d := t.created_at.astimezone(UTC).date()) < today}
+            stats_days.bump_days(conn, days, pg=self._pg)
+            return inserted
 
     def _insert_pg(self, driver: Any, tickets: Sequence[ImportedTicket], actor: str, now: datetime) -> dict[str, int]:
         columns = ", ".join(COLUMNS)

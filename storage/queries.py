@@ -13,7 +13,7 @@ import base64
 import binascii
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, and_, func, literal, or_, select, true
@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import InvalidInput, StorageError
 from core.message import Channel
 from core.ticket import EventKind, Priority, Status, Ticket
+from storage import stats_days
 from storage.db import READ_ONLY
 from storage.store import SqlStore
 from storage.tables import TicketEventRow, TicketRow
@@ -187,6 +188,10 @@ def iter_tickets(store: SqlStore | Engine, query: TicketQuery, *, batch_size: in
         cursor = page.next_cursor
 
 
+# Longer GET /stats periods read closed days' figures from stats_days instead of every ticket.
+LONG_PERIOD = timedelta(days=31)
+
+
 @dataclass(frozen=True, slots=True)
 class TicketStats:
     """Aggregates over the tickets created in [since, until)."""
@@ -203,14 +208,25 @@ class TicketStats:
     per_day: list[tuple[date, int, int]]  # (day in UTC, created, of which resolved)
 
 
-def ticket_stats(store: SqlStore | Engine, *, since: datetime, until: datetime) -> TicketStats:
+def ticket_stats(
+    store: SqlStore | Engine, *, since: datetime, until: datetime, now: datetime | None = None
+) -> TicketStats:
     """Counts, mean confidence, reroutes, median time to resolution and per-day figures, as SQL aggregates.
 
-    Every ticket column read is in ``ix_tickets_stats``, so a pass over the period can read that index only. The
+    Periods up to ``LONG_PERIOD`` are read from the tickets, exactly. Longer ones read the figures kept per closed
+    day (storage/stats_days.py) and the rest of the period live; their median comes from 1% buckets (within 0.5%).
+    """
+    engine = _engine(store)
+    if until - since <= LONG_PERIOD:
+        return _exact_stats(engine, since=since, until=until)
+    return _stats_by_day(engine, since=since, until=until, now=now or datetime.now(UTC))
+
+
+def _exact_stats(engine: Engine, *, since: datetime, until: datetime) -> TicketStats:
+    """Every ticket column read is in ``ix_tickets_stats``, so a pass over the period can read that index only. The
     five breakdowns come from one GROUP BY over the five columns at once (a few hundred groups, summed per column
     here) rather than five passes; the days from a second.
     """
-    engine = _engine(store)
     pg = engine.dialect.name == "postgresql"
     period = and_(tickets.c.created_at >= since, tickets.c.created_at < until)
     resolved = and_(period, tickets.c.resolved_at.is_not(None))
@@ -268,6 +284,45 @@ def ticket_stats(store: SqlStore | Engine, *, since: datetime, until: datetime) 
         rerouted=n_rerouted,
         median_resolution_seconds=float(median_value) if median_value is not None else None,
         per_day=[(d, c, r) for d, (c, r) in sorted(days.items())],
+    )
+
+
+def _stats_by_day(engine: Engine, *, since: datetime, until: datetime, now: datetime) -> TicketStats:
+    pg = engine.dialect.name == "postgresql"
+    days = stats_days.closed_days(since, until, now=now)
+    try:
+        with _reader(engine).connect() as conn:  # the versions are noted before anything is computed
+            cached, versions = stats_days.read_days(conn, days)
+        missing = [d for d in days if d not in cached]
+        if missing:
+            with _reader(engine).connect() as conn:
+                computed = stats_days.figures_by_day(conn, stats_days.runs(missing), pg=pg)
+            computed = {d: computed.get(d, stats_days.Figures()) for d in missing}
+            with engine.begin() as conn:
+                stats_days.store_days(conn, computed, versions, pg=pg)
+            cached.update(computed)
+        with _reader(engine).connect() as conn:
+            live = stats_days.figures_by_day(conn, stats_days.uncovered(since, until, days), pg=pg)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error: {exc}") from exc
+    total = stats_days.Figures()
+    per_day: list[tuple[date, int, int]] = []
+    for day, figures in sorted([*cached.items(), *live.items()], key=lambda item: item[0]):
+        total.add(figures)
+        if figures.count:
+            per_day.append((day, figures.count, figures.resolved))
+    by = total.by
+    return TicketStats(
+        total=total.count,
+        by_department=by["department"],
+        by_status=by["status"],
+        by_priority=by["priority"],
+        by_channel=by["channel"],
+        by_classifier=by["classifier"],
+        mean_confidence=total.confidence / total.count if total.count else None,
+        rerouted=total.rerouted,
+        median_resolution_seconds=total.median_resolution_seconds(),
+        per_day=per_day,
     )
 
 

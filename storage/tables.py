@@ -286,3 +286,18 @@ class SuppressedRecipientRow(Base):
     until: Mapped[datetime]
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class StatsDayRow(Base):
+    """Figures of one closed UTC day of tickets for long ``GET /stats`` periods (storage/stats_days.py).
+
+    ``version`` is bumped by a trigger on every stats-relevant change to a ticket of that day (and by imports);
+    ``payload`` is valid only while ``cached_version`` equals it.
+    """
+
+    __tablename__ = "stats_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cached_version: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[str | None] = mapped_column(Text)
