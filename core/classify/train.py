@@ -102,11 +102,12 @@ def word_features(text: str) -> list[str]:
     return features
 
 
-def _sublinear_l2(counts: Any, idf: FloatArray | None) -> Any:
-    """1 + log(tf), optionally times idf, then unit length: long tickets must not outvote short ones."""
+def _sublinear_l2(counts: Any, idf: FloatArray | None, *, sublinear: bool = True) -> Any:
+    """1 + log(tf) (or plain tf), optionally times idf, then unit length: long tickets must not outvote short ones."""
     matrix = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
-    np.log(matrix.data, out=matrix.data)
-    matrix.data += 1.0
+    if sublinear:
+        np.log(matrix.data, out=matrix.data)
+        matrix.data += 1.0
     if idf is not None:
         matrix = sparse.csr_matrix(matrix.multiply(idf))
     return normalize(matrix, copy=False)
@@ -128,10 +129,14 @@ class BlendedTextModel:
       * a LinearSVC on word and word-pair frequencies (sublinear tf, unit length);
       * the same features re-weighted per label by naive-Bayes log-count ratios (NBSVM, Wang & Manning 2012),
         which helps most on rare, telling words;
+      * optionally (``raw_tf``) the same two again on plain term frequencies (unit length), which weigh repeated words
+        more; their errors differ enough from the sublinear pair's to help the blend;
       * optionally a LinearSVC on character n-grams, which forgives typos ("pasword", "vpn's").
     The blend is a multinomial logistic regression fitted on out-of-fold member scores, so its probabilities are not
     the overconfident in-sample kind and can be thresholded by ``routing.confidence_threshold``.
-    Each member is folded into one dense weight matrix, so classifying a ticket is a few sparse dot products.
+    The blend is linear in the member scores and each member is linear in its features, so after fitting, members and
+    blend are folded into one dense weight matrix per feature view (``weights_``): classifying a ticket is one sparse
+    dot product per view, however many members there are.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class BlendedTextModel:
         blend_c: float = 1.0,
         folds: int = 3,
         class_weight: str | None = None,
+        raw_tf: bool = False,
         random_state: int = 0,
     ) -> None:
         self.word_c = word_c
@@ -159,9 +165,19 @@ class BlendedTextModel:
         self.blend_c = blend_c
         self.folds = folds
         self.class_weight = class_weight
+        self.raw_tf = raw_tf
         self.random_state = random_state
         self.classes_: tuple[str, ...] = ()
         self.fit_warnings_: list[str] = []
+        self.weights_: dict[str, FloatArray] = {}
+        self.intercept_: FloatArray = np.zeros(0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle; models saved before the folding (members plus blend, no ``weights_``) are folded on load."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("raw_tf", False)
+        if "weights_" not in state and "members_" in state:
+            self._fold()
 
     def params(self) -> dict[str, Any]:
         """The constructor arguments, for metadata and the model version."""
@@ -176,6 +192,7 @@ class BlendedTextModel:
             "blend_c": self.blend_c,
             "folds": self.folds,
             "class_weight": self.class_weight,
+            **({"raw_tf": True} if self.raw_tf else {}),  # absent when off: older models keep their version
         }
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> BlendedTextModel:
@@ -203,8 +220,9 @@ class BlendedTextModel:
         if self.idf:
             df = np.bincount(counts.indices, minlength=counts.shape[1]).astype(np.float64)
             self.idf_ = np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0
-        words = _sublinear_l2(counts, self.idf_)
-        chars = None
+        views: dict[str, Any] = {"words": _sublinear_l2(counts, self.idf_)}
+        if self.raw_tf:
+            views["raw_words"] = _sublinear_l2(counts, self.idf_, sublinear=False)
         self.chars_: TfidfVectorizer | None = None
         if self.char_c is not None:
             self.chars_ = TfidfVectorizer(
@@ -215,30 +233,51 @@ class BlendedTextModel:
                 preprocessor=fold_text,
                 dtype=np.float64,
             )
-            chars = self.chars_.fit_transform(texts)
+            views["chars"] = self.chars_.fit_transform(texts)
             self.chars_.stop_words_ = None
         n_classes = len(self.classes_)
         smallest = int(np.bincount(y, minlength=n_classes).min())
         n_folds = min(self.folds, smallest)
         if n_folds >= 2:
             splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=self.random_state)
-            blend_x = np.zeros((len(texts), self._n_members() * n_classes))
+            blend_x = np.zeros((len(texts), len(self._member_views()) * n_classes))
             for train_idx, test_idx in splitter.split(np.zeros(len(y)), y):
-                members = self._fit_members(words, chars, y, train_idx)
-                blend_x[test_idx] = self._member_scores(members, words[test_idx], _rows(chars, test_idx))
-            self.members_ = self._fit_members(words, chars, y, np.arange(len(y)))
+                members = self._fit_members(views, y, train_idx)
+                held_out = {name: matrix[test_idx] for name, matrix in views.items()}
+                blend_x[test_idx] = self._member_scores(members, held_out)
+            self.members_ = self._fit_members(views, y, np.arange(len(y)))
         else:
             # Some label has a single example: no honest out-of-fold scores exist, so the blend sees in-sample ones.
-            self.members_ = self._fit_members(words, chars, y, np.arange(len(y)))
-            blend_x = self._member_scores(self.members_, words, chars)
+            self.members_ = self._fit_members(views, y, np.arange(len(y)))
+            blend_x = self._member_scores(self.members_, views)
         if self.blend == "average" or (self.blend == "auto" and smallest < MIN_LABEL_EXAMPLES_FOR_LOGISTIC_BLEND):
             self._fit_average_blend(blend_x, y)
-            return
-        blend = LogisticRegression(C=self.blend_c, max_iter=2000).fit(blend_x, y)
-        self.blend_coef_, self.blend_intercept_ = _one_vs_rest(blend, n_classes)
-        if n_classes == 2:
-            # sklearn's binary logistic regression is one logit; as a softmax over two it is half of it per side.
-            self.blend_coef_, self.blend_intercept_ = self.blend_coef_ / 2, self.blend_intercept_ / 2
+        else:
+            blend = LogisticRegression(C=self.blend_c, max_iter=2000).fit(blend_x, y)
+            self.blend_coef_, self.blend_intercept_ = _one_vs_rest(blend, n_classes)
+            if n_classes == 2:
+                # sklearn's binary logistic regression is one logit; as a softmax over two it is half of it per side.
+                self.blend_coef_, self.blend_intercept_ = self.blend_coef_ / 2, self.blend_intercept_ / 2
+        self._fold()
+
+    def _fold(self) -> None:
+        """Fold members and blend into one weight matrix per feature view, then drop them.
+
+        logits = B . [W_1 x_1 + b_1, ..., W_m x_m + b_m] + c = sum over views v of (sum of B_i W_i for the members i
+        reading v) x_v + (c + sum of B_i b_i), where B_i is the blend's block of columns for member i.
+        """
+        n_classes = len(self.classes_)
+        weights: dict[str, FloatArray] = {}
+        intercept = np.array(self.blend_intercept_, dtype=np.float64, copy=True)
+        for i, ((coef, member_intercept), view) in enumerate(zip(self.members_, self._member_views(), strict=True)):
+            block = self.blend_coef_[:, i * n_classes : (i + 1) * n_classes]
+            folded = block @ coef
+            weights[view] = weights[view] + folded if view in weights else folded
+            intercept += block @ member_intercept
+        self.weights_ = weights
+        self.intercept_ = intercept
+        # Only the folded weights are needed to classify; the members would double or triple the file.
+        self.members_ = []
 
     def _fit_average_blend(self, blend_x: FloatArray, y: npt.NDArray[np.intp]) -> None:
         """The members' mean score times one temperature, chosen to minimise log-loss on the out-of-fold scores.
@@ -247,7 +286,8 @@ class BlendedTextModel:
         learns label priors more than anything, and then even a training example can lose to the biggest label.
         """
         n_classes = len(self.classes_)
-        mean = np.hstack([np.eye(n_classes)] * self._n_members()) / self._n_members()
+        n_members = len(self._member_views())
+        mean = np.hstack([np.eye(n_classes)] * n_members) / n_members
         averaged = blend_x @ mean.T
         best_t, best_loss = 1.0, math.inf
         for t in np.geomspace(0.5, 50.0, 60):
@@ -259,14 +299,29 @@ class BlendedTextModel:
         self.blend_coef_ = mean * best_t
         self.blend_intercept_ = np.zeros(n_classes)
 
-    def _n_members(self) -> int:
-        return 3 if self.char_c is not None else 2
+    def _member_views(self) -> list[str]:
+        """The feature view each member reads, in member order (the blend's column blocks follow it)."""
+        views = ["words", "words"]
+        if getattr(self, "raw_tf", False):
+            views += ["raw_words", "raw_words"]
+        if self.char_c is not None:
+            views.append("chars")
+        return views
 
     def _fit_members(
-        self, words: Any, chars: Any, y: npt.NDArray[np.intp], idx: npt.NDArray[np.intp]
+        self, views: Mapping[str, Any], y: npt.NDArray[np.intp], idx: npt.NDArray[np.intp]
     ) -> list[tuple[FloatArray, FloatArray]]:
+        yy = y[idx]
+        members = self._word_members(views["words"][idx], yy)
+        if self.raw_tf:
+            members += self._word_members(views["raw_words"][idx], yy)
+        if self.char_c is not None:
+            members.append(self._svc(self.char_c, views["chars"][idx], yy, len(self.classes_)))
+        return members
+
+    def _word_members(self, x: Any, yy: npt.NDArray[np.intp]) -> list[tuple[FloatArray, FloatArray]]:
+        """A LinearSVC and an NBSVM on one view of the word features."""
         n_classes = len(self.classes_)
-        x, yy = words[idx], y[idx]
         members = [self._svc(self.word_c, x, yy, n_classes)]
         present = sparse.csr_matrix(x > 0, dtype=np.float64)
         nb_coef = np.zeros((n_classes, x.shape[1]))
@@ -282,18 +337,19 @@ class BlendedTextModel:
             nb_coef[k] = ratio * np.asarray(svc.coef_[0])
             nb_intercept[k] = float(svc.intercept_[0])
         members.append((nb_coef, nb_intercept))
-        if chars is not None and self.char_c is not None:
-            members.append(self._svc(self.char_c, chars[idx], yy, n_classes))
         return members
 
     def _svc(self, c: float, x: Any, y: npt.NDArray[np.intp], n_classes: int) -> tuple[FloatArray, FloatArray]:
         svc = LinearSVC(C=c, class_weight=self.class_weight, random_state=self.random_state).fit(x, y)
         return _one_vs_rest(svc, n_classes)
 
-    @staticmethod
-    def _member_scores(members: list[tuple[FloatArray, FloatArray]], words: Any, chars: Any) -> FloatArray:
-        inputs = [words, words, chars]
-        return np.hstack([np.asarray(inputs[i] @ coef.T) + intercept for i, (coef, intercept) in enumerate(members)])
+    def _member_scores(self, members: list[tuple[FloatArray, FloatArray]], views: Mapping[str, Any]) -> FloatArray:
+        return np.hstack(
+            [
+                np.asarray(views[view] @ coef.T) + intercept
+                for (coef, intercept), view in zip(members, self._member_views(), strict=True)
+            ]
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> FloatArray:
         """Probabilities, one row per text, one column per label in ``classes_`` order."""
@@ -307,22 +363,25 @@ class BlendedTextModel:
         Vectorises by dictionary lookups instead of through sklearn's transform, whose input validation alone costs
         more than the arithmetic; ``predict_proba_batch`` is the sklearn path and gives the same numbers.
         """
-        idx, values = _sparse_row(word_features(text), self.words_.vocabulary_, self.idf_)
-        scores = [coef[:, idx] @ values + intercept for coef, intercept in self.members_[:2]]
+        idx, counts = _count_row(word_features(text), self.words_.vocabulary_)
+        logits = self.intercept_ + self.weights_["words"][:, idx] @ _unit_row(idx, counts, self.idf_, sublinear=True)
+        if "raw_words" in self.weights_:
+            logits += self.weights_["raw_words"][:, idx] @ _unit_row(idx, counts, self.idf_, sublinear=False)
         if self.chars_ is not None:
             analyzer = self.chars_.build_analyzer()
-            cidx, cvalues = _sparse_row(analyzer(text), self.chars_.vocabulary_, self.chars_.idf_)
-            coef, intercept = self.members_[2]
-            scores.append(coef[:, cidx] @ cvalues + intercept)
-        logits = np.concatenate(scores) @ self.blend_coef_.T + self.blend_intercept_
+            cidx, ccounts = _count_row(analyzer(text), self.chars_.vocabulary_)
+            logits += self.weights_["chars"][:, cidx] @ _unit_row(cidx, ccounts, self.chars_.idf_, sublinear=True)
         row: FloatArray = _softmax(logits[np.newaxis, :])[0]
         return row
 
     def predict_proba_batch(self, texts: Sequence[str]) -> FloatArray:
         """``predict_proba`` through sklearn's sparse transforms: faster for thousands of texts at once."""
-        words = _sublinear_l2(self.words_.transform(texts), self.idf_)
-        chars = self.chars_.transform(texts) if self.chars_ is not None else None
-        logits = self._member_scores(self.members_, words, chars) @ self.blend_coef_.T + self.blend_intercept_
+        counts = self.words_.transform(texts)
+        logits = np.asarray(_sublinear_l2(counts, self.idf_) @ self.weights_["words"].T) + self.intercept_
+        if "raw_words" in self.weights_:
+            logits += np.asarray(_sublinear_l2(counts, self.idf_, sublinear=False) @ self.weights_["raw_words"].T)
+        if self.chars_ is not None:
+            logits += np.asarray(self.chars_.transform(texts) @ self.weights_["chars"].T)
         return _softmax(logits)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
@@ -330,17 +389,20 @@ class BlendedTextModel:
         return [self.classes_[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
 
-def _sparse_row(
-    features: Iterable[str], vocabulary: Mapping[str, int], idf: FloatArray | None
-) -> tuple[npt.NDArray[np.intp], FloatArray]:
-    """One text's (column indices, sublinear tf[-idf] values at unit length), as the sparse transforms compute them."""
+def _count_row(features: Iterable[str], vocabulary: Mapping[str, int]) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """One text's (column indices, term counts) over ``vocabulary``."""
     counts = Counter(f for f in features if f in vocabulary)
     idx = np.fromiter((vocabulary[f] for f in counts), dtype=np.intp, count=len(counts))
-    values = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+    return idx, np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+
+
+def _unit_row(idx: npt.NDArray[np.intp], counts: FloatArray, idf: FloatArray | None, *, sublinear: bool) -> FloatArray:
+    """``_count_row``'s counts as (1 + log) tf[-idf] at unit length, as ``_sublinear_l2`` computes them."""
+    values = 1.0 + np.log(counts) if sublinear else counts.copy()
     if idf is not None:
         values *= idf[idx]
     norm = float(np.sqrt(values @ values))
-    return idx, values / norm if norm else values
+    return values / norm if norm else values
 
 
 def _softmax(logits: FloatArray) -> FloatArray:
@@ -348,10 +410,6 @@ def _softmax(logits: FloatArray) -> FloatArray:
     exp = np.exp(shifted)
     result: FloatArray = exp / exp.sum(axis=1, keepdims=True)
     return result
-
-
-def _rows(matrix: Any, idx: npt.NDArray[np.intp]) -> Any:
-    return None if matrix is None else matrix[idx]
 
 
 def estimator_for(n_examples: int) -> BlendedTextModel:
@@ -362,7 +420,7 @@ def estimator_for(n_examples: int) -> BlendedTextModel:
         return BlendedTextModel(
             word_c=1.0, nb_c=0.3, char_c=1.0, idf=True, min_df=1, folds=5, class_weight="balanced", blend="auto"
         )
-    return BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=2, folds=3)
+    return BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=2, folds=3, raw_tf=True)
 
 
 # --- knowledge -----------------------------------------------------------------------------------------------------
