@@ -275,7 +275,12 @@ class Runtime:
         from storage.digests import SqlDigestStore
 
         digests = DigestService(config, SqlDigestStore(store), slack=OutboxKind.SLACK_DIGEST in senders)
-        scheduler = SchedulerComponent(config.digests.timezone, [digests.register])
+        jobs: list[Callable[[BackgroundScheduler], None]] = [digests.register]
+        if http is not None and config.api.enabled:
+            from bot.api.meta import stats_warmer
+
+            jobs.append(stats_warmer(store))
+        scheduler = SchedulerComponent(config.digests.timezone, jobs)
         runtime.components = [*workers, outbox_loop, scheduler, *channels]
         return runtime
 

@@ -2,18 +2,57 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
 from fastapi import APIRouter
 
 from bot.api.auth import ReadToken
 from bot.api.deps import Context
 from bot.api.errors import ApiError
 from bot.api.schemas import DayStats, DepartmentOut, Stats
+from core.errors import StorageError
 from storage.queries import open_ticket_counts, ticket_stats
+from storage.store import SqlStore
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 MAX_STATS_DAYS = 366
+
+
+def stats_warmer(store: SqlStore) -> Callable[[BaseScheduler], None]:
+    """Scheduler jobs that fill the per-day statistics cache (storage/stats_days.py) for the longest period the
+    API serves: once at start and every night after the day closes, so no request pays for computing a year.
+    Any replica may run them; the cache makes a second run cheap."""
+
+    def warm() -> None:
+        now = datetime.now(UTC)
+        started = time.monotonic()
+        try:
+            ticket_stats(store, since=now - timedelta(days=MAX_STATS_DAYS), until=now, now=now)
+        except StorageError as exc:
+            log.warning("stats: could not fill the day cache (%s); the next long request will", exc)
+            return
+        log.info("stats: day cache ready for %d days in %.1f s", MAX_STATS_DAYS, time.monotonic() - started)
+
+    def register(scheduler: BaseScheduler) -> None:
+        scheduler.add_job(warm, id="stats-days-start", name="statistics day cache", replace_existing=True)
+        scheduler.add_job(
+            warm,
+            trigger=CronTrigger(hour=0, minute=20, timezone=UTC),
+            id="stats-days-nightly",
+            name="statistics day cache (00:20 UTC)",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=3600,
+            replace_existing=True,
+        )
+
+    return register
 
 
 @router.get("/departments", response_model=list[DepartmentOut], tags=["departments"])

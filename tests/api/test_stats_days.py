@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select, text, update
 
+from bot.api.meta import stats_warmer
 from core.message import Channel
 from core.ticket import Priority, Status
 from storage import stats_days
@@ -178,6 +180,17 @@ def test_todays_tickets_do_not_touch_the_cache_and_short_periods_stay_exact(stor
         assert conn.execute(select(days_table)).all() == []  # a change to today's ticket costs the trigger nothing
     month = ticket_stats(store, since=NOW - timedelta(days=30), until=UNTIL)
     assert month == _exact_stats(store.engine, since=NOW - timedelta(days=30), until=UNTIL)
+
+
+def test_the_scheduler_fills_the_day_cache_at_start_and_every_night(store: SqlStore) -> None:
+    seed(store, n=100)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    stats_warmer(store)(scheduler)
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"stats-days-start", "stats-days-nightly"}
+    assert "hour='0', minute='20'" in str(jobs["stats-days-nightly"].trigger)
+    jobs["stats-days-start"].func()
+    assert cached_days(store) >= 60  # every closed day of the API's longest period that has tickets, and more
 
 
 def test_the_histogram_median_is_the_middle_of_the_buckets() -> None:
