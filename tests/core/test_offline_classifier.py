@@ -315,6 +315,31 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert np.allclose(loaded.probabilities("printer jam"), model.probabilities("printer jam"))
 
 
+@pytest.mark.parametrize("raw_tf", [False, True])
+def test_a_model_saved_before_folding_loads_and_scores_the_same(monkeypatch: pytest.MonkeyPatch, raw_tf: bool) -> None:
+    """Model files from before the members were folded (members plus blend, no ``weights_``) still load."""
+    import pickle
+
+    from core.classify.train import BlendedTextModel
+
+    texts = [f"printer {i} jams" for i in range(30)] + [f"invoice {i} unpaid" for i in range(30)]
+    labels = ["IT"] * 30 + ["Money"] * 30
+    folded = BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=1, raw_tf=raw_tf).fit(texts, labels)
+    # The same fit with folding skipped is what older code pickled: members and blend, no weights.
+    monkeypatch.setattr(BlendedTextModel, "_fold", lambda self: None)
+    old = BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=1, raw_tf=raw_tf).fit(texts, labels)
+    monkeypatch.undo()
+    state = dict(old.__dict__)
+    del state["weights_"], state["intercept_"]
+    if not raw_tf:
+        del state["raw_tf"]  # older code had no such attribute
+    old.__dict__ = state
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.weights_ and not loaded.members_
+    for text in ("printer 3 jams again", "unpaid invoice", "something else"):
+        assert np.allclose(loaded.proba_one(text), folded.proba_one(text))
+
+
 # --- training from a CSV -------------------------------------------------------------------------------------------
 
 
