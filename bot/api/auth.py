@@ -6,10 +6,11 @@ token, 403 for a read token on a write route, and 429 with ``Retry-After`` over 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from bot.api.deps import Context
@@ -20,13 +21,15 @@ from storage.tokens import ApiToken
 bearer = HTTPBearer(auto_error=False, description="An API token: `ticketbot tokens create --name N`")
 
 
-def require_scope(scope: Literal["read", "write"]) -> Callable[..., ApiToken]:
+def require_scope(scope: Literal["read", "write"]) -> Callable[..., Awaitable[ApiToken]]:
     """A dependency that authenticates the request's bearer token for ``scope`` and charges its rate limit."""
 
-    def authenticated(
+    async def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ctx: Context,
     ) -> ApiToken:
+        # async, so the usual request (token cached, nothing to write) costs no thread-pool hop; a lookup or a
+        # last_used_at write goes to a thread, as a plain ``def`` dependency would.
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise ApiError(
                 401,
@@ -34,7 +37,9 @@ def require_scope(scope: Literal["read", "write"]) -> Callable[..., ApiToken]:
                 "an API token is required: Authorization: Bearer <token>",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        token = ctx.auth.authenticate(credentials.credentials)
+        cached, token = ctx.auth.peek(credentials.credentials)
+        if not cached:
+            token = await run_in_threadpool(ctx.auth.authenticate, credentials.credentials)
         if token is None:
             raise ApiError(
                 401,

@@ -44,6 +44,22 @@ class TokenCache:
             self._touch(token)
         return token
 
+    def peek(self, secret: str) -> tuple[bool, ApiToken | None]:
+        """``(True, token or None)`` when ``authenticate`` would answer from the cache without touching the database
+        (no lookup due, no ``last_used_at`` write due); else ``(False, None)``. It never blocks on I/O, so the
+        API can call it on the event loop and hand only the rest to a thread."""
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(digest(secret))
+            if hit is None or hit[1] <= now:
+                return False, None
+            token = hit[0]
+            if token is not None:
+                last = self._touched.get(token.id) or token.last_used_at
+                if last is None or datetime.now(UTC) - last >= TOUCH_EVERY:
+                    return False, None
+        return True, token
+
     def forget(self) -> None:
         """Drop every cached lookup (after a revoke in this process)."""
         with self._lock:

@@ -49,6 +49,25 @@ def test_tokens_are_stored_as_digests_and_revocable(store: SqlStore) -> None:
         tokens.create("  ")
 
 
+def test_the_cache_answers_without_the_database_only_when_nothing_is_due(store: SqlStore) -> None:
+    from bot.api.tokencache import TokenCache
+
+    tokens = TokenStore(store.engine)
+    token, secret = tokens.create("ci", "read")
+    clock = [100.0]
+    cache = TokenCache(tokens, ttl=5.0, clock=lambda: clock[0])
+    assert cache.peek(secret) == (False, None)  # never looked up: the caller must ask the database
+    assert cache.authenticate(secret) is not None  # looks it up and writes last_used_at
+    assert cache.peek(secret) == (True, cache.authenticate(secret))  # cached, last_used_at fresh: no I/O due
+    assert cache.peek("tbk_unknown") == (False, None)
+    assert cache.authenticate("tbk_unknown") is None
+    assert cache.peek("tbk_unknown") == (True, None)  # unknown secrets are cached too
+    tokens.revoke(str(token.id))
+    clock[0] += 5.0  # past the ttl: the revocation is seen
+    assert cache.peek(secret) == (False, None)
+    assert cache.authenticate(secret) is None
+
+
 def test_tokens_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TICKETBOT_CONFIG", str(ROOT / "config.yaml"))
     monkeypatch.setenv("TICKETBOT_DATA_DIR", str(tmp_path / "var"))
