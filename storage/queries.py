@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import InvalidInput, StorageError
 from core.message import Channel
 from core.ticket import EventKind, Priority, Status, Ticket
-from storage import stats_days
+from storage import search, stats_days
 from storage.db import READ_ONLY
 from storage.store import SqlStore
 from storage.tables import TicketEventRow, TicketRow
@@ -134,10 +134,20 @@ class Cursor:
 
 
 def select_tickets(
-    query: TicketQuery, *, after: Cursor | None = None, limit: int | None = None, sqlite: bool = False
+    query: TicketQuery,
+    *,
+    after: Cursor | None = None,
+    limit: int | None = None,
+    sqlite: bool = False,
+    among: Sequence[int] | None = None,
 ) -> Select[Any]:
-    """SELECT of the matching tickets, newest first, continuing after ``after`` (keyset pagination)."""
+    """SELECT of the matching tickets, newest first, continuing after ``after`` (keyset pagination).
+
+    ``among``: only these ticket ids (the search index's candidates for ``q``; the LIKE still decides).
+    """
     where = conditions(query, sqlite=sqlite)
+    if among is not None:
+        where.append(tickets.c.id.in_(among))
     if after is not None:
         # (created_at, id) < (c, i), written so that both engines see a range on created_at they can seek to.
         where.append(tickets.c.created_at <= after.created_at)
@@ -161,9 +171,15 @@ def ticket_page(
     """One page of matching tickets, newest first. Raises InvalidInput (bad cursor), StorageError."""
     after = Cursor.decode(cursor) if cursor else None
     engine = _engine(store)
-    stmt = select_tickets(query, after=after, limit=limit + 1, sqlite=engine.dialect.name == "sqlite")
+    sqlite = engine.dialect.name == "sqlite"
+    needle = query.q.strip() if query.q else ""
     try:
         with _reader(engine).connect() as conn:
+            # SQLite: the trigram index names the few tickets that can hold a rare text, so finding it (or that
+            # no ticket has it) reads those instead of scanning every ticket; a common text is found sooner by
+            # the scan, which stops after a page (PostgreSQL's pg_trgm indexes serve ILIKE directly).
+            among = search.candidates(conn, needle) if sqlite and needle else None
+            stmt = select_tickets(query, after=after, limit=limit + 1, sqlite=sqlite, among=among)
             # One row more than asked tells whether another page exists without a COUNT.
             rows = conn.execute(stmt).all()
     except SQLAlchemyError as exc:

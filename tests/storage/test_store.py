@@ -18,6 +18,7 @@ from core.outbox import OutboxItem, OutboxKind, OutboxStatus
 from core.ports import TicketDraft, TicketFilter
 from core.route import Route
 from core.ticket import EventKind, Priority, Status, Ticket
+from storage.search import include_name
 from storage.store import SqlStore
 from storage.tables import Base
 
@@ -48,7 +49,8 @@ def no_replies(_: Ticket) -> list[OutboxItem]:
 
 def test_migrations_match_the_tables(engine: Engine) -> None:
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        diff = compare_metadata(context, Base.metadata)
     assert diff == []
 
 

@@ -1,0 +1,63 @@
+"""Storage adapter: free-text candidates from SQLite's trigram index (migration 0008) for the ticket list's ``q``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
+
+if TYPE_CHECKING:
+    from alembic.runtime.environment import NameFilterParentNames, NameFilterType
+
+TABLE = "ticket_search"
+# A word in more tickets than this is cheaper to find by scanning newest first (the scan stops after a page):
+# reading this many candidates, and their tickets to sort them, costs about what scanning 1M / CAP * page
+# tickets does. Measured on 1,000,000 tickets: docs/api.md, "Free-text search".
+CAP = 2000
+# Trigrams asked for at most: every one narrows the candidates, but a long paste of text needs no more than
+# this to leave only the tickets holding it, and each one costs a posting-list merge.
+MAX_TRIGRAMS = 24
+
+
+def is_search_table(name: str | None) -> bool:
+    """The FTS5 table and its shadow tables, which are not in the SQLAlchemy metadata (schema comparisons skip them)."""
+    return name is not None and (name == TABLE or name.startswith(TABLE + "_"))
+
+
+def include_name(name: str | None, type_: NameFilterType, _parents: NameFilterParentNames) -> bool:
+    """Alembic's ``include_name`` hook: leave the search tables out of autogenerate and schema comparisons."""
+    return not (type_ == "table" and is_search_table(name))
+
+
+def match_expression(needle: str) -> str | None:
+    """An FTS5 query for the rows holding every trigram of ``needle`` (a superset of those holding ``needle``),
+    or None when ``needle`` is shorter than three characters and has no trigram.
+
+    The index keeps no positions (detail=none), so the trigrams are ANDed rather than asked for as a phrase;
+    each is quoted, so any character, quotes and FTS5 operators included, is matched as itself.
+    """
+    trigrams = list(dict.fromkeys(needle[i : i + 3] for i in range(len(needle) - 2)))
+    if not trigrams:
+        return None
+    if len(trigrams) > MAX_TRIGRAMS:
+        # Spread over the text rather than its start: the start of a pasted sentence is its most common part.
+        step = len(trigrams) / MAX_TRIGRAMS
+        trigrams = [trigrams[int(k * step)] for k in range(MAX_TRIGRAMS)]
+    return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams)
+
+
+def candidates(conn: Connection, needle: str, cap: int = CAP) -> list[int] | None:
+    """Ids of the tickets that may contain ``needle`` (case-insensitive), at most ``cap``; None when the index
+    cannot narrow the search: no trigram in ``needle``, more than ``cap`` candidates, or no index (an SQLite
+    without FTS5, or a database not yet migrated). Callers still apply the LIKE: candidates are a superset."""
+    expression = match_expression(needle)
+    if expression is None:
+        return None
+    stmt = text(f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :expression LIMIT :limit")
+    try:
+        ids = list(conn.execute(stmt, {"expression": expression, "limit": cap + 1}).scalars())
+    except OperationalError:
+        # No such table (FTS5 missing when the migration ran): the scan answers, as before the index existed.
+        return None
+    return ids if len(ids) <= cap else None
