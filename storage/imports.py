@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import StorageError
 from core.message import Channel
 from core.ticket import EventKind, Priority, Status
-from storage import stats_days
+from storage import search, stats_days
 from storage.tables import TicketEventRow, TicketRow
 
 TICKETS: Table = TicketRow.__table__  # type: ignore[assignment]
@@ -69,6 +69,7 @@ class SqlImportStore:
         dialect = engine.dialect
         self._ticket_procs = [TICKETS.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in COLUMNS]
         self._event_procs = [EVENTS.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in EVENT_COLUMNS]
+        self._search_index: bool | None = None  # SQLite: whether migration 0008 made the search index
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Connection]:
@@ -148,6 +149,11 @@ class SqlImportStore:
                 (key, ticket_id)
                 for ticket_id, key in cur.execute("SELECT id, external_key FROM tickets WHERE id > ?", (before,))
             )
+            if self._search_index is None:
+                self._search_index = cur.execute(search.EXISTS).fetchone() is not None
+            if self._search_index and inserted:
+                # The batch's free-text index entries, in one statement (the insert trigger skips imports).
+                cur.execute(search.INDEX_NEWER_THAN, (before,))
             data_proc, at_proc = self._event_procs[3], self._event_procs[4]
             at = at_proc(now) if at_proc else now
             cur.executemany(

@@ -20,6 +20,12 @@ CAP = 2000
 MAX_TRIGRAMS = 24
 
 
+# What an import runs after inserting a batch (ids above the batch's starting maximum): one statement, so FTS5
+# flushes once per batch (the insert trigger skips imported tickets, see migration 0008).
+INDEX_NEWER_THAN = f"INSERT INTO {TABLE} (rowid, subject, body) SELECT id, subject, body FROM tickets WHERE id > ?"
+EXISTS = f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
+
+
 def is_search_table(name: str | None) -> bool:
     """The FTS5 table and its shadow tables, which are not in the SQLAlchemy metadata (schema comparisons skip them)."""
     return name is not None and (name == TABLE or name.startswith(TABLE + "_"))

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy import text
 
 from bot.io.importer import Importer, ImportOptions
 from bot.io.readers import Format
@@ -14,6 +15,7 @@ from core.errors import StorageError
 from core.ports import TicketFilter
 from core.ticket import EventKind, Priority, Status
 from storage.imports import ImportedTicket, SqlImportStore
+from storage.queries import TicketQuery, ticket_page
 from storage.store import SqlStore
 from tests.io.conftest import ROUTER, RunImport
 
@@ -177,3 +179,15 @@ def test_a_batch_the_database_refuses_is_retried_row_by_row(store: SqlStore) -> 
     assert sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10))) == ["fine 1", "fine 2"]
     with pytest.raises(StorageError):  # every row refused: the database is the problem, the import stops
         importer.run(io.BytesIO(b"subject,requester\nrefuse,a@b.c\n"), ImportOptions(format=Format.CSV))
+
+
+def test_imported_tickets_are_found_by_free_text_search(store: SqlStore, run_import: RunImport) -> None:
+    run_import(CSV)
+    run_import(CSV)  # a re-import adds no index entries either
+    assert [t.subject for t in ticket_page(store, TicketQuery(q="since this MORNING")).items] == ["VPN down"]
+    assert [t.subject for t in ticket_page(store, TicketQuery(q="where is my")).items] == ["Payslip"]
+    if store.engine.dialect.name == "sqlite":
+        # The batch was indexed once, by the import itself (the insert trigger leaves imported rows to it).
+        with store.engine.connect() as conn:
+            hits = conn.execute(text("SELECT count(*) FROM ticket_search WHERE ticket_search MATCH 'pay'")).scalar()
+        assert hits == 1
