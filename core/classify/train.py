@@ -53,6 +53,8 @@ MODEL_FORMAT_VERSION = 1
 MAX_TEXT_CHARS = 6000  # long threads add quoted noise, not signal, and would cost latency
 SMALL_DATA = 5000  # below this many examples the model also reads character n-grams (typos matter more than volume)
 HEAD_TOKENS = 6  # the subject and first words: their pairs are features of their own
+RAW_CHAR_NGRAMS = (3, 6)  # character n-gram lengths of the raw_chars view (within words, padded at word edges)
+WORD_GRAMS_CACHE = 20_000  # words whose raw_chars n-gram columns are remembered per model (about 7 MB at most)
 MIN_LABEL_EXAMPLES_FOR_LOGISTIC_BLEND = 20  # fewer, and blend="auto" averages the members (_fit_average_blend)
 
 FloatArray = npt.NDArray[np.float64]
@@ -131,6 +133,8 @@ class BlendedTextModel:
         which helps most on rare, telling words;
       * optionally (``raw_tf``) the same two again on plain term frequencies (unit length), which weigh repeated words
         more; their errors differ enough from the sublinear pair's to help the blend;
+      * optionally (``raw_chars``) the same two again on character 3-6-grams within words, plain term frequencies at
+        unit length: they see word parts and misspellings, so their errors differ from the word members';
       * optionally a LinearSVC on character n-grams, which forgives typos ("pasword", "vpn's").
     The blend is a multinomial logistic regression fitted on out-of-fold member scores, so its probabilities are not
     the overconfident in-sample kind and can be thresholded by ``routing.confidence_threshold``.
@@ -153,6 +157,7 @@ class BlendedTextModel:
         folds: int = 3,
         class_weight: str | None = None,
         raw_tf: bool = False,
+        raw_chars: bool = False,
         random_state: int = 0,
     ) -> None:
         self.word_c = word_c
@@ -166,6 +171,7 @@ class BlendedTextModel:
         self.folds = folds
         self.class_weight = class_weight
         self.raw_tf = raw_tf
+        self.raw_chars = raw_chars
         self.random_state = random_state
         self.classes_: tuple[str, ...] = ()
         self.fit_warnings_: list[str] = []
@@ -176,6 +182,8 @@ class BlendedTextModel:
         """Unpickle; models saved before the folding (members plus blend, no ``weights_``) are folded on load."""
         self.__dict__.update(state)
         self.__dict__.setdefault("raw_tf", False)
+        self.__dict__.setdefault("raw_chars", False)
+        self.__dict__.setdefault("raw_chars_", None)
         if "weights_" not in state and "members_" in state:
             self._fold()
 
@@ -193,6 +201,7 @@ class BlendedTextModel:
             "folds": self.folds,
             "class_weight": self.class_weight,
             **({"raw_tf": True} if self.raw_tf else {}),  # absent when off: older models keep their version
+            **({"raw_chars": True} if self.raw_chars else {}),  # likewise
         }
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> BlendedTextModel:
@@ -223,6 +232,13 @@ class BlendedTextModel:
         views: dict[str, Any] = {"words": _sublinear_l2(counts, self.idf_)}
         if self.raw_tf:
             views["raw_words"] = _sublinear_l2(counts, self.idf_, sublinear=False)
+        self.raw_chars_: CountVectorizer | None = None
+        if self.raw_chars:
+            self.raw_chars_ = CountVectorizer(
+                analyzer="char_wb", ngram_range=RAW_CHAR_NGRAMS, min_df=min_df, preprocessor=fold_text, dtype=np.float64
+            )
+            views["raw_chars"] = _sublinear_l2(self.raw_chars_.fit_transform(texts), None, sublinear=False)
+            self.raw_chars_.stop_words_ = None
         self.chars_: TfidfVectorizer | None = None
         if self.char_c is not None:
             self.chars_ = TfidfVectorizer(
@@ -304,6 +320,8 @@ class BlendedTextModel:
         views = ["words", "words"]
         if getattr(self, "raw_tf", False):
             views += ["raw_words", "raw_words"]
+        if getattr(self, "raw_chars", False):
+            views += ["raw_chars", "raw_chars"]
         if self.char_c is not None:
             views.append("chars")
         return views
@@ -315,12 +333,14 @@ class BlendedTextModel:
         members = self._word_members(views["words"][idx], yy)
         if self.raw_tf:
             members += self._word_members(views["raw_words"][idx], yy)
+        if self.raw_chars:
+            members += self._word_members(views["raw_chars"][idx], yy)
         if self.char_c is not None:
             members.append(self._svc(self.char_c, views["chars"][idx], yy, len(self.classes_)))
         return members
 
     def _word_members(self, x: Any, yy: npt.NDArray[np.intp]) -> list[tuple[FloatArray, FloatArray]]:
-        """A LinearSVC and an NBSVM on one view of the word features."""
+        """A LinearSVC and an NBSVM on one view of the features (words, or character n-grams for ``raw_chars``)."""
         n_classes = len(self.classes_)
         members = [self._svc(self.word_c, x, yy, n_classes)]
         present = sparse.csr_matrix(x > 0, dtype=np.float64)
@@ -357,6 +377,32 @@ class BlendedTextModel:
             return np.zeros((0, len(self.classes_)))
         return np.vstack([self.proba_one(text) for text in texts])
 
+    def _raw_char_row(self, text: str) -> tuple[npt.NDArray[np.intp], FloatArray]:
+        """The raw_chars view's (column indices, counts) for one text, as its CountVectorizer would count them.
+
+        char_wb n-grams never cross a word, so each word's n-grams are looked up once and remembered: slicing
+        every n-gram of every word in Python was most of a ticket's scoring time (0.6 of 0.85 ms p50).
+        """
+        vectorizer = self.raw_chars_
+        assert vectorizer is not None
+        vocabulary = vectorizer.vocabulary_
+        cache: dict[str, tuple[int, ...]] = self.__dict__.setdefault("_word_grams", {})
+        counts: Counter[int] = Counter()
+        for word in fold_text(text).split():
+            grams = cache.get(word)
+            if grams is None:
+                grams = tuple(vocabulary[g] for g in _char_wb_ngrams(word, RAW_CHAR_NGRAMS) if g in vocabulary)
+                if len(cache) < WORD_GRAMS_CACHE:  # a bounded memory: tickets reuse a few thousand words
+                    cache[word] = grams
+            counts.update(grams)
+        idx = np.fromiter(counts, dtype=np.intp, count=len(counts))
+        return idx, np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_word_grams", None)  # a cache, rebuilt as tickets are scored
+        return state
+
     def proba_one(self, text: str) -> FloatArray:
         """Probabilities for one text.
 
@@ -367,6 +413,9 @@ class BlendedTextModel:
         logits = self.intercept_ + self.weights_["words"][:, idx] @ _unit_row(idx, counts, self.idf_, sublinear=True)
         if "raw_words" in self.weights_:
             logits += self.weights_["raw_words"][:, idx] @ _unit_row(idx, counts, self.idf_, sublinear=False)
+        if self.raw_chars_ is not None:
+            ridx, rcounts = self._raw_char_row(text)
+            logits += self.weights_["raw_chars"][:, ridx] @ _unit_row(ridx, rcounts, None, sublinear=False)
         if self.chars_ is not None:
             analyzer = self.chars_.build_analyzer()
             cidx, ccounts = _count_row(analyzer(text), self.chars_.vocabulary_)
@@ -380,6 +429,9 @@ class BlendedTextModel:
         logits = np.asarray(_sublinear_l2(counts, self.idf_) @ self.weights_["words"].T) + self.intercept_
         if "raw_words" in self.weights_:
             logits += np.asarray(_sublinear_l2(counts, self.idf_, sublinear=False) @ self.weights_["raw_words"].T)
+        if self.raw_chars_ is not None:
+            raw_chars = _sublinear_l2(self.raw_chars_.transform(texts), None, sublinear=False)
+            logits += np.asarray(raw_chars @ self.weights_["raw_chars"].T)
         if self.chars_ is not None:
             logits += np.asarray(self.chars_.transform(texts) @ self.weights_["chars"].T)
         return _softmax(logits)
@@ -387,6 +439,21 @@ class BlendedTextModel:
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable label for each text."""
         return [self.classes_[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+
+def _char_wb_ngrams(word: str, ngram_range: tuple[int, int]) -> Iterator[str]:
+    """One word's character n-grams, padded with a space at each edge, exactly as sklearn's ``char_wb`` analyzer
+    makes them (a word shorter than n gives itself, padded, once)."""
+    padded = " " + word + " "
+    length = len(padded)
+    for n in range(ngram_range[0], ngram_range[1] + 1):
+        offset = 0
+        yield padded[:n]
+        while offset + n < length:
+            offset += 1
+            yield padded[offset : offset + n]
+        if offset == 0:
+            break
 
 
 def _count_row(features: Iterable[str], vocabulary: Mapping[str, int]) -> tuple[npt.NDArray[np.intp], FloatArray]:
@@ -420,7 +487,9 @@ def estimator_for(n_examples: int) -> BlendedTextModel:
         return BlendedTextModel(
             word_c=1.0, nb_c=0.3, char_c=1.0, idf=True, min_df=1, folds=5, class_weight="balanced", blend="auto"
         )
-    return BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=2, folds=3, raw_tf=True)
+    return BlendedTextModel(
+        word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=2, folds=3, raw_tf=True, raw_chars=True
+    )
 
 
 # --- knowledge -----------------------------------------------------------------------------------------------------

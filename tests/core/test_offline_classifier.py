@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from core.classify.base import Classification
 from core.classify.offline import OfflineClassifier, explain_priority, priority_for, summarize
 from core.classify.train import (
     SHIPPED_MODEL_PATH,
+    BlendedTextModel,
     EvalReport,
     LabeledText,
     evaluate,
@@ -338,6 +340,29 @@ def test_a_model_saved_before_folding_loads_and_scores_the_same(monkeypatch: pyt
     assert loaded.weights_ and not loaded.members_
     for text in ("printer 3 jams again", "unpaid invoice", "something else"):
         assert np.allclose(loaded.proba_one(text), folded.proba_one(text))
+
+
+def test_raw_chars_members_score_the_same_on_both_routes_and_older_models_still_load() -> None:
+    """The large-data character members (``raw_chars``) are folded like the others; models without them still load."""
+    texts = [f"printer {i} jams" for i in range(30)] + [f"invoice {i} unpaid" for i in range(30)]
+    labels = ["IT"] * 30 + ["Money"] * 30
+    model = BlendedTextModel(min_df=1, raw_tf=True, raw_chars=True).fit(texts, labels)
+    assert set(model.weights_) == {"words", "raw_words", "raw_chars"}
+    assert model.params()["raw_chars"] is True
+    probe = ["printer 3 jams again", "unpaid invoce", "pritner", "something else", "", "Prïnter  3\tjams\n\nAGAIN a"]
+    assert np.allclose(model.predict_proba(probe), model.predict_proba_batch(probe))
+    assert np.allclose(model.predict_proba(probe), model.predict_proba_batch(probe))  # again, from the word cache
+    assert model.predict(["pritner jamming"]) == ["IT"]  # a typo the word features do not know
+    assert "_word_grams" not in model.__getstate__()  # the per-word cache is not saved with the model
+    loaded = pickle.loads(pickle.dumps(model))
+    assert np.allclose(loaded.predict_proba(probe), model.predict_proba(probe))
+    older = BlendedTextModel(min_df=1, raw_tf=True).fit(texts, labels)
+    assert "raw_chars" not in older.params()  # so older models keep their version
+    state = dict(older.__dict__)
+    del state["raw_chars"], state["raw_chars_"]  # older code had no such attributes
+    older.__dict__ = state
+    reloaded = pickle.loads(pickle.dumps(older))
+    assert np.allclose(reloaded.predict_proba(probe), reloaded.predict_proba_batch(probe))
 
 
 # --- training from a CSV -------------------------------------------------------------------------------------------
