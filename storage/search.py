@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
@@ -18,6 +19,7 @@ CAP = 2000
 # Trigrams asked for at most: every one narrows the candidates, but a long paste of text needs no more than
 # this to leave only the tickets holding it, and each one costs a posting-list merge.
 MAX_TRIGRAMS = 24
+PROBE_TRIGRAMS = 3
 
 
 # What an import runs after inserting a batch (ids above the batch's starting maximum): one statement, so FTS5
@@ -36,34 +38,55 @@ def include_name(name: str | None, type_: NameFilterType, _parents: NameFilterPa
     return not (type_ == "table" and is_search_table(name))
 
 
-def match_expression(needle: str) -> str | None:
-    """An FTS5 query for the rows holding every trigram of ``needle`` (a superset of those holding ``needle``),
-    or None when ``needle`` is shorter than three characters and has no trigram.
+def trigrams(needle: str) -> list[str]:
+    """The distinct trigrams of ``needle`` in order, at most ``MAX_TRIGRAMS`` spread over it (a long paste's
+    start is its most common part); empty when ``needle`` is shorter than three characters."""
+    found = list(dict.fromkeys(needle[i : i + 3] for i in range(len(needle) - 2)))
+    if len(found) > MAX_TRIGRAMS:
+        step = len(found) / MAX_TRIGRAMS
+        found = [found[int(k * step)] for k in range(MAX_TRIGRAMS)]
+    return found
+
+
+def match_expression(trigrams: Sequence[str]) -> str:
+    """An FTS5 query for the rows holding every one of ``trigrams``, a superset of those holding the text.
 
     The index keeps no positions (detail=none), so the trigrams are ANDed rather than asked for as a phrase;
     each is quoted, so any character, quotes and FTS5 operators included, is matched as itself.
     """
-    trigrams = list(dict.fromkeys(needle[i : i + 3] for i in range(len(needle) - 2)))
-    if not trigrams:
-        return None
-    if len(trigrams) > MAX_TRIGRAMS:
-        # Spread over the text rather than its start: the start of a pasted sentence is its most common part.
-        step = len(trigrams) / MAX_TRIGRAMS
-        trigrams = [trigrams[int(k * step)] for k in range(MAX_TRIGRAMS)]
     return " AND ".join('"' + t.replace('"', '""') + '"' for t in trigrams)
+
+
+def probe(found: Sequence[str]) -> list[str]:
+    """A few of ``found``: ANDing every trigram merges each one's list of tickets, and the common ones have a
+    million entries. Three from inside words (first, middle, last) usually narrow a rare text as well as all of
+    them; trigrams holding a space (" re", "e t") are the commonest kind and are left out when others exist."""
+    inner = [t for t in found if not any(ch.isspace() for ch in t)] or list(found)
+    if len(inner) <= PROBE_TRIGRAMS:
+        return inner
+    return list(dict.fromkeys([inner[0], inner[len(inner) // 2], inner[-1]]))
 
 
 def candidates(conn: Connection, needle: str, cap: int = CAP) -> list[int] | None:
     """Ids of the tickets that may contain ``needle`` (case-insensitive), at most ``cap``; None when the index
     cannot narrow the search: no trigram in ``needle``, more than ``cap`` candidates, or no index (an SQLite
-    without FTS5, or a database not yet migrated). Callers still apply the LIKE: candidates are a superset."""
-    expression = match_expression(needle)
-    if expression is None:
+    without FTS5, or a database not yet migrated). Callers still apply the LIKE: candidates are a superset.
+
+    A probe with three of the trigrams comes first; only if it leaves more than ``cap`` are all of them asked for.
+    """
+    found = trigrams(needle)
+    if not found:
         return None
     stmt = text(f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :expression LIMIT :limit")
+    tries = [probe(found)]
+    if set(tries[0]) != set(found):
+        tries.append(found)
     try:
-        ids = list(conn.execute(stmt, {"expression": expression, "limit": cap + 1}).scalars())
+        for subset in tries:
+            ids = list(conn.execute(stmt, {"expression": match_expression(subset), "limit": cap + 1}).scalars())
+            if len(ids) <= cap:
+                return ids
     except OperationalError:
         # No such table (FTS5 missing when the migration ran): the scan answers, as before the index existed.
         return None
-    return ids if len(ids) <= cap else None
+    return None

@@ -76,6 +76,17 @@ def test_sqlite_has_the_index_and_uses_it(sqlite_store: SqlStore) -> None:
         assert search.candidates(conn, "the", cap=2) is None  # too common: the caller scans
 
 
+def test_a_probe_too_wide_asks_for_every_trigram(sqlite_store: SqlStore) -> None:
+    # "abc", "def" and "ghi" (the probe for "abcdefghi") are in six tickets; the whole text in one.
+    rows = [{"subject": "abc def ghi", "body": str(i), "created_at": T0} for i in range(5)]
+    [*_, whole] = add(sqlite_store, [*rows, {"subject": "abcdefghi", "body": "", "created_at": T0}])
+    assert search.probe(search.trigrams("abcdefghi")) == ["abc", "def", "ghi"]
+    with sqlite_store.engine.connect() as conn:
+        assert len(search.candidates(conn, "abcdefghi", cap=10) or []) == 6  # the probe was narrow enough
+        assert search.candidates(conn, "abcdefghi", cap=3) == [whole]  # it was not: all 7 trigrams
+    assert subjects(sqlite_store, "abcdefghi") == ["abcdefghi"]
+
+
 def test_index_follows_inserts_updates_and_deletes(sqlite_store: SqlStore) -> None:
     first, second = add(
         sqlite_store,
