@@ -19,7 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from core.classify.base import Classifier
 from core.classify.fallback import FallbackClassifier
 from core.config import Config, ImapMailboxConfig, Secrets
-from core.errors import ConfigError, StorageError
+from core.errors import ConfigError
 from core.message import Channel
 from core.outbox import OutboxDispatcher, OutboxKind, RetryPolicy, Sender
 from core.pipeline import Decoder, Pipeline
@@ -275,7 +275,7 @@ class Runtime:
         from storage.digests import SqlDigestStore
 
         digests = DigestService(config, SqlDigestStore(store), slack=OutboxKind.SLACK_DIGEST in senders)
-        jobs: list[Callable[[BackgroundScheduler], None]] = [digests.register, search_catch_up(store)]
+        jobs: list[Callable[[BackgroundScheduler], None]] = [digests.register]
         if http is not None and config.api.enabled:
             from bot.api.meta import stats_warmer
 
@@ -319,27 +319,6 @@ class Runtime:
         started = time.monotonic()
         self.stop()
         log.info("shut down in %.1fs", time.monotonic() - started)
-
-
-def search_catch_up(store: SqlStore) -> Callable[[BackgroundScheduler], None]:
-    """A job at start: tickets of an import that stopped before indexing them join SQLite's free-text index
-    (search scans until then, so they are found meanwhile, only slower)."""
-
-    def catch_up() -> None:
-        from storage.imports import SqlImportStore
-
-        try:
-            covered = SqlImportStore(store.engine).index_pending()
-        except StorageError as exc:
-            log.warning("search: could not index the tickets an earlier import left (%s); search scans", exc)
-            return
-        if covered:
-            log.info("search: indexed the %d ticket ids an earlier import left unindexed", covered)
-
-    def register(scheduler: BackgroundScheduler) -> None:
-        scheduler.add_job(catch_up, id="search-catch-up", name="free-text index catch-up", replace_existing=True)
-
-    return register
 
 
 def email_decoders(config: Config) -> dict[Channel, Decoder]:

@@ -152,9 +152,8 @@ class SqlImportStore:
             if self._search_index is None:
                 self._search_index = cur.execute(search.EXISTS).fetchone() is not None
             if self._search_index and inserted:
-                # Indexed for free-text search by index_pending, in bigger chunks (the insert trigger skips
-                # imports); until then search scans, so the batch is found all the same.
-                cur.execute(search.RECORD_PENDING, (before, max(inserted.values())))
+                # The batch's free-text index entries, in one statement (the insert trigger skips imports).
+                cur.execute(search.INDEX_NEWER_THAN, (before,))
             data_proc, at_proc = self._event_procs[3], self._event_procs[4]
             at = at_proc(now) if at_proc else now
             cur.executemany(
@@ -169,20 +168,6 @@ class SqlImportStore:
             cur.execute("PRAGMA wal_autocheckpoint = 1000")
             cur.close()
         return inserted
-
-    def index_pending(self) -> int:
-        """Add imported tickets not indexed yet to SQLite's free-text index (storage/search.py), a chunk per
-        transaction so the bot's own writes wait a fraction of a second at most; how many ids it covered.
-        An import runs it when its batches are in, and ``ticketbot run`` at start for an import that died."""
-        if self._pg:
-            return 0
-        done = 0
-        while True:
-            with self._connect(write=True) as conn:
-                covered = search.catch_up(conn)
-            if covered is None:
-                return done
-            done += covered
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]:
         """The keys among ``keys`` that are already stored (a dry run's duplicates)."""

@@ -22,14 +22,10 @@ MAX_TRIGRAMS = 24
 PROBE_TRIGRAMS = 3
 
 
-PENDING = f"{TABLE}_pending"
-# Rows an import indexes per transaction when it catches up: big enough that FTS5 writes few segments (about
-# 20 us a ticket, against 170 us when each 5,000-row batch indexed itself), small enough to hold SQLite's
-# write lock for a fraction of a second.
-CATCH_UP_CHUNK = 20_000
-EXISTS = f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{PENDING}'"
-# An import's batch, recorded as not indexed yet: (lo, hi] holds its ticket ids (it held the write lock).
-RECORD_PENDING = f"INSERT INTO {PENDING} (lo, hi) VALUES (?, ?)"
+# What an import runs after inserting a batch (ids above the batch's starting maximum): one statement, so FTS5
+# flushes once per batch (the insert trigger skips imported tickets, see migration 0008).
+INDEX_NEWER_THAN = f"INSERT INTO {TABLE} (rowid, subject, body) SELECT id, subject, body FROM tickets WHERE id > ?"
+EXISTS = f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
 
 
 def is_search_table(name: str | None) -> bool:
@@ -73,8 +69,8 @@ def probe(found: Sequence[str]) -> list[str]:
 
 def candidates(conn: Connection, needle: str, cap: int = CAP) -> list[int] | None:
     """Ids of the tickets that may contain ``needle`` (case-insensitive), at most ``cap``; None when the index
-    cannot narrow the search: no trigram in ``needle``, more than ``cap`` candidates, imported tickets not
-    indexed yet, or no index (an SQLite without FTS5). Callers still apply the LIKE: candidates are a superset.
+    cannot narrow the search: no trigram in ``needle``, more than ``cap`` candidates, or no index (an SQLite
+    without FTS5, or a database not yet migrated). Callers still apply the LIKE: candidates are a superset.
 
     A probe with three of the trigrams comes first; only if it leaves more than ``cap`` are all of them asked for.
     """
@@ -86,8 +82,6 @@ def candidates(conn: Connection, needle: str, cap: int = CAP) -> list[int] | Non
     if set(tries[0]) != set(found):
         tries.append(found)
     try:
-        if conn.execute(text(f"SELECT 1 FROM {PENDING} LIMIT 1")).first() is not None:
-            return None  # an import is being indexed: the index does not know every ticket yet
         for subset in tries:
             ids = list(conn.execute(stmt, {"expression": match_expression(subset), "limit": cap + 1}).scalars())
             if len(ids) <= cap:
@@ -96,28 +90,3 @@ def candidates(conn: Connection, needle: str, cap: int = CAP) -> list[int] | Non
         # No such table (FTS5 missing when the migration ran): the scan answers, as before the index existed.
         return None
     return None
-
-
-def catch_up(conn: Connection, chunk: int = CATCH_UP_CHUNK) -> int | None:
-    """Index up to ``chunk`` imported tickets of the oldest pending range, in the caller's (write) transaction;
-    how many ids it covered, or None when nothing is pending (or there is no index)."""
-    try:
-        row = conn.execute(text(f"SELECT lo, hi FROM {PENDING} ORDER BY lo LIMIT 1")).first()
-    except OperationalError:
-        return None
-    if row is None:
-        return None
-    lo, hi = int(row[0]), int(row[1])
-    upto = min(hi, lo + chunk)
-    conn.execute(
-        text(
-            f"INSERT INTO {TABLE} (rowid, subject, body) SELECT id, subject, body FROM tickets "
-            "WHERE id > :lo AND id <= :upto AND external_key IS NOT NULL"
-        ),
-        {"lo": lo, "upto": upto},
-    )
-    if upto >= hi:
-        conn.execute(text(f"DELETE FROM {PENDING} WHERE lo = :lo"), {"lo": lo})
-    else:
-        conn.execute(text(f"UPDATE {PENDING} SET lo = :upto WHERE lo = :lo"), {"lo": lo, "upto": upto})
-    return upto - lo

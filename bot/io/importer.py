@@ -86,8 +86,6 @@ class ImportStore(Protocol):
 
     def ticket_texts(self, ticket_ids: Sequence[int]) -> Mapping[int, tuple[str, str, str]]: ...
 
-    def index_pending(self) -> int: ...
-
 
 @dataclass(frozen=True, slots=True)
 class RowError:
@@ -403,13 +401,6 @@ class Importer:
                 settle(0)  # also when reading failed: batches already sent are committed and counted
             in_flight.append(pool.submit(self._flush, batch, options))
             settle(0)
-        if report.imported:
-            # Free-text search knows the new tickets only from here (SQLite indexes them in chunks, after the
-            # batches: several times cheaper than batch by batch); it scans until then, so nothing is missed.
-            try:
-                self.store.index_pending()
-            except StorageError as exc:  # the rows are in; search scans until `ticketbot run` indexes them
-                log.warning("import: free-text index not brought up to date (%s); search scans meanwhile", exc)
         report.errors.sort(key=lambda e: e.row)  # database refusals arrive a batch late
         report.ignored_fields = sorted(resolver.ignored)[:50]
         return report
