@@ -91,14 +91,14 @@ def conditions(query: TicketQuery, *, sqlite: bool = False) -> list[ColumnElemen
         where.append(tickets.c.requester == query.requester.strip())
     if query.q and query.q.strip():
         pattern = like_pattern(query.q.strip())
-        if sqlite:
-            # SQLite's LIKE already ignores case, for ASCII letters, as its lower() only folds those: the same
-            # answers as ILIKE's lower(x) LIKE lower(y), without copying every subject and body (a scan of 1M
-            # tickets: 700 -> 270 ms).
-            where.append(or_(tickets.c.subject.like(pattern, escape="\\"), tickets.c.body.like(pattern, escape="\\")))
-        else:
-            # ILIKE on PostgreSQL uses the trigram indexes.
-            where.append(or_(tickets.c.subject.ilike(pattern, escape="\\"), tickets.c.body.ilike(pattern, escape="\\")))
+
+        # PostgreSQL: ILIKE, which its trigram indexes serve. SQLite: plain LIKE, which already ignores case for
+        # ASCII letters as its lower() only folds those, so the answers are ILIKE's lower(x) LIKE lower(y) without
+        # copying every subject and body (a scan of 1M tickets: 700 -> 270 ms).
+        def contains(column: ColumnElement[str]) -> ColumnElement[bool]:
+            return column.like(pattern, escape="\\") if sqlite else column.ilike(pattern, escape="\\")
+
+        where.append(or_(contains(tickets.c.subject), contains(tickets.c.body)))
     if query.created_from is not None:
         where.append(tickets.c.created_at >= query.created_from)
     if query.created_to is not None:

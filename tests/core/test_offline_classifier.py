@@ -320,10 +320,6 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("raw_tf", [False, True])
 def test_a_model_saved_before_folding_loads_and_scores_the_same(monkeypatch: pytest.MonkeyPatch, raw_tf: bool) -> None:
     """Model files from before the members were folded (members plus blend, no ``weights_``) still load."""
-    import pickle
-
-    from core.classify.train import BlendedTextModel
-
     texts = [f"printer {i} jams" for i in range(30)] + [f"invoice {i} unpaid" for i in range(30)]
     labels = ["IT"] * 30 + ["Money"] * 30
     folded = BlendedTextModel(word_c=0.5, nb_c=0.3, char_c=None, idf=False, min_df=1, raw_tf=raw_tf).fit(texts, labels)
