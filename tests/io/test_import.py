@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -12,9 +13,10 @@ from sqlalchemy import text
 from bot.io.importer import Importer, ImportOptions
 from bot.io.readers import Format
 from core.errors import StorageError
+from core.message import Channel
 from core.ports import TicketFilter
 from core.ticket import EventKind, Priority, Status
-from storage.imports import ImportedTicket, SqlImportStore
+from storage.imports import COLUMNS, ImportedTicket, SqlImportStore
 from storage.queries import TicketQuery, ticket_page
 from storage.store import SqlStore
 from tests.io.conftest import ROUTER, RunImport
@@ -191,3 +193,54 @@ def test_imported_tickets_are_found_by_free_text_search(store: SqlStore, run_imp
         with store.engine.connect() as conn:
             hits = conn.execute(text("SELECT count(*) FROM ticket_search WHERE ticket_search MATCH 'pay'")).scalar()
         assert hits == 1
+
+
+def test_sqlite_batch_insert_stores_what_row_by_row_inserts_would(store: SqlStore) -> None:
+    """SQLite inserts a batch from one JSON array (storage.imports.INSERT_JSON); an SQLite without JSON functions
+    goes row by row. Both must store the same values with the same SQLite types."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("the JSON batch insert is SQLite's")
+    when = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)
+
+    def ticket(key: str, **changes: object) -> ImportedTicket:
+        values: dict[str, object] = dict(
+            key=key,
+            subject='Quotes " and \\ backslashes, émoji 🖨️, tab\tand\nnewline',
+            body='[1, 2] {"not": "json"} \' -- ;',
+            requester="ana@example.com",
+            channel=Channel.EMAIL,
+            department="IT Support",
+            priority=Priority.HIGH,
+            status=Status.RESOLVED,
+            confidence=0.5,
+            summary="",
+            classifier="import",
+            created_at=when,
+            updated_at=when,
+            resolved_at=when,
+            triaged=True,
+            event={"row": 1, "nested": {"list": [1, None]}},
+        )
+        values.update(changes)
+        return ImportedTicket(**values)  # type: ignore[arg-type]
+
+    batch = SqlImportStore(store.engine)
+    rows = SqlImportStore(store.engine)
+    rows._json = False  # as on an SQLite without JSON functions
+    variants = [{}, {"assignee": None, "resolved_at": None, "triaged": False, "confidence": 1.0, "status": Status.NEW}]
+    for n, changes in enumerate(variants):
+        assert batch.insert([ticket(f"json-{n}", **changes)], actor="t")
+        assert rows.insert([ticket(f"rows-{n}", **changes)], actor="t")
+    assert batch._json is True
+    columns = [c for c in COLUMNS if c != "external_key"]
+    typed = ", ".join(f"{c}, typeof({c})" for c in columns)
+    with store.engine.connect() as conn:
+        stored = {
+            key: tuple(rest)
+            for key, *rest in conn.execute(text(f"SELECT external_key, {typed} FROM tickets ORDER BY id"))
+        }
+        joined = "SELECT t.external_key, e.data FROM ticket_events e JOIN tickets t ON t.id = e.ticket_id"
+        events = {key: data for key, data in conn.execute(text(joined))}
+    for n in range(len(variants)):
+        assert stored[f"json-{n}"] == stored[f"rows-{n}"]
+        assert events[f"json-{n}"] == events[f"rows-{n}"]
