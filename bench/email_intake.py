@@ -177,7 +177,16 @@ def run_reference(host: str, port: int, user: str, password: str, n: int) -> Non
 
 def run_imap(host: str, port: int, user: str, password: str, n: int, threads: int | None) -> None:
     """Our IMAP path, assembled as Runtime.build assembles it, minus the outbox dispatcher and the scheduler."""
-    from bot.runtime import ImapPollerComponent, Loop, build_pipeline, email_decoders, open_store, worker_threads
+    from bot.runtime import (
+        ImapPollerComponent,
+        Loop,
+        build_pipeline,
+        email_decoders,
+        inbound_preparer,
+        open_store,
+        worker_batch,
+        worker_threads,
+    )
     from core.config import ImapMailboxConfig
     from core.outbox import OutboxKind
     from core.worker import InboundWorker
@@ -199,12 +208,22 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
         pipeline = build_pipeline(
             config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
         )
-        worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
+        preparer = inbound_preparer(config, classifier)
+        worker = InboundWorker(
+            store=store,
+            pipeline=pipeline,
+            max_attempts=config.worker.max_attempts,
+            preparer=preparer,
+            batch_size=worker_batch(classifier),
+        )
         loops = [
             Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
             for k in range(1, worker_threads(config, classifier) + 1)
         ]
         poller = ImapPollerComponent(config.email.imap[0], store, owner="bench")
+        if preparer is not None:
+            preparer.start()  # as `ticketbot run` does before the mail arrives: the processes are up and warm
+            preparer.wait_ready()
 
         def wake() -> None:
             for loop in loops:
@@ -221,6 +240,8 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
         poller.stop()
         for loop in loops:
             loop.stop()
+        if preparer is not None:
+            preparer.stop()
         tickets = store.classifier_stats()
         outbox = store.outbox_counts()
         store.engine.dispose()
@@ -236,6 +257,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
             "baseline_rss_mib": baseline,
             "peak_rss_mib": peak_rss_mib(),
             "threads": worker_threads(config, classifier),
+            "processes": preparer.processes if preparer is not None else 0,
             "batch_size": config.email.imap[0].batch_size,
         }
     )
@@ -243,7 +265,17 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
 
 def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
     """The real SMTP intake on a free port (and optionally the workers); the parent is the sending MTA."""
-    from bot.runtime import Loop, SmtpIntakeComponent, build_pipeline, email_decoders, open_store, worker_threads
+    from bot.prepare import ProcessPreparer
+    from bot.runtime import (
+        Loop,
+        SmtpIntakeComponent,
+        build_pipeline,
+        email_decoders,
+        inbound_preparer,
+        open_store,
+        worker_batch,
+        worker_threads,
+    )
     from core.outbox import OutboxKind
     from core.worker import InboundWorker
 
@@ -252,17 +284,28 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
         store = open_store(config)
         loops: list[Loop] = []
         classifier_name = None
+        preparer: ProcessPreparer | None = None
         if with_workers:
             classifier = real_classifier(config)
             classifier_name = classifier.name
             pipeline = build_pipeline(
                 config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
             )
-            worker = InboundWorker(store=store, pipeline=pipeline, max_attempts=config.worker.max_attempts)
+            preparer = inbound_preparer(config, classifier)
+            worker = InboundWorker(
+                store=store,
+                pipeline=pipeline,
+                max_attempts=config.worker.max_attempts,
+                preparer=preparer,
+                batch_size=worker_batch(classifier),
+            )
             loops = [
                 Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
                 for k in range(1, worker_threads(config, classifier) + 1)
             ]
+            if preparer is not None:
+                preparer.start()
+                preparer.wait_ready()
         intake = SmtpIntakeComponent(config, store)
 
         def wake() -> None:
@@ -285,6 +328,8 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
         intake.stop()
         for loop in loops:
             loop.stop()
+        if preparer is not None:
+            preparer.stop()
         store.engine.dispose()
     emit(
         {

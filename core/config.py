@@ -221,6 +221,9 @@ class HealthConfig(Section):
 
 class WorkerConfig(Section):
     threads: int = Field(default=4, ge=1, le=64)
+    # Processes that decode and classify email for the threads (bot.prepare); unset: one when there is a second
+    # core, none otherwise. 0 does everything in-process.
+    processes: int | None = Field(default=None, ge=0, le=64)
     poll_seconds: float = Field(default=0.5, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from core.classify.base import Classification, Classifier
-from core.errors import InvalidInput, MalformedMessage, NotFound
+from core.errors import ClassifierUnavailable, InvalidInput, MalformedMessage, NotFound
 from core.inbound import InboundStatus, StoredInbound
 from core.message import Channel, Message
 from core.outbox import OutboxItem
@@ -43,6 +43,37 @@ class Outcome:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A stored message decoded, and classified when it may open a ticket, before its turn: the part of processing
+    that needs no database, so another process can do it (bot.prepare) while this one writes tickets."""
+
+    message: Message | None = None
+    malformed: str | None = None  # why it could not be decoded (a MalformedMessage), instead of ``message``
+    classification: Classification | None = None
+
+
+def prepare(decode: Decoder, classifier: Classifier | None, inbound: StoredInbound) -> Prepared:
+    """Decode ``inbound`` and, with a ``classifier``, classify it if it may become a new ticket (it may still turn
+    out to be a follow-up: then the classification goes unused)."""
+    try:
+        message = decode(inbound)
+    except MalformedMessage as exc:
+        return Prepared(malformed=str(exc))
+    classification = None
+    if classifier is not None and may_open_ticket(message):
+        try:
+            classification = classifier.classify(message.subject, message.body)
+        except ClassifierUnavailable:
+            pass  # processing classifies it again, and handles the failure there
+    return Prepared(message=message, classification=classification)
+
+
+def may_open_ticket(message: Message) -> bool:
+    """False for what ``Pipeline.handle`` parks or ignores unless it threads: our own mail, robots, outsiders, empty."""
+    return not (message.auto_reason or message.park_reason) and bool(message.text.strip())
+
+
 class PipelineObserver(Protocol):
     """Told about each ticket the pipeline opens (the bot turns it into metrics); must be quick and never raise."""
 
@@ -68,18 +99,22 @@ class Pipeline:
     clock: Clock = utcnow
     observer: PipelineObserver | None = None
 
-    def process(self, inbound: StoredInbound) -> Outcome:
+    def process(self, inbound: StoredInbound, prepared: Prepared | None = None) -> Outcome:
         """Turn one stored inbound message into a ticket or a follow-up; parks what needs a person.
+
+        ``prepared``: the message already decoded (and maybe classified) by ``prepare``, with this pipeline's
+        decoders and classifier; without it, both happen here.
 
         Raises:
             TicketbotError: a transient failure (storage); the worker counts the attempt and retries.
         """
-        try:
-            message = self.decode(inbound)
-        except MalformedMessage as exc:
-            self.store.finish_inbound(inbound.id, status=InboundStatus.PARKED, reason=f"malformed: {exc}")
-            return Outcome(InboundStatus.PARKED, reason=f"malformed: {exc}")
-        return self.handle(message, inbound_id=inbound.id)
+        if prepared is None:
+            prepared = prepare(self.decode, None, inbound)
+        if prepared.message is None:
+            reason = f"malformed: {prepared.malformed}"
+            self.store.finish_inbound(inbound.id, status=InboundStatus.PARKED, reason=reason)
+            return Outcome(InboundStatus.PARKED, reason=reason)
+        return self.handle(prepared.message, inbound_id=inbound.id, classification=prepared.classification)
 
     def decode(self, inbound: StoredInbound) -> Message:
         decoder = self.decoders.get(inbound.channel)
@@ -89,7 +124,9 @@ class Pipeline:
             raise MalformedMessage(f"no decoder for channel {inbound.channel}")
         return decoder(inbound)
 
-    def handle(self, message: Message, *, inbound_id: int | None = None) -> Outcome:
+    def handle(
+        self, message: Message, *, inbound_id: int | None = None, classification: Classification | None = None
+    ) -> Outcome:
         if message.auto_reason == "own-mail":
             # Our own mail fed back in (a loop): record nothing, answer nothing.
             if inbound_id is not None:
@@ -124,7 +161,8 @@ class Pipeline:
                 self.store.finish_inbound(inbound_id, status=InboundStatus.PARKED, reason=repeated)
             return Outcome(InboundStatus.PARKED, reason=repeated)
 
-        classification = self.classifier.classify(message.subject, message.body)
+        if classification is None:
+            classification = self.classifier.classify(message.subject, message.body)
         if message.requested_priority in {p.value for p in Priority}:
             classification = replace(classification, priority=Priority(message.requested_priority))
         route = self.router.route(classification)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from core.classify.fallback import FallbackClassifier
-from core.errors import InvalidInput, NotFound, StorageError
+from core.errors import InvalidInput, MalformedMessage, NotFound, StorageError
 from core.inbound import InboundRecord, InboundStatus, StoredInbound
 from core.message import Channel, Message
 from core.outbox import OutboxKind, OutboxStatus
-from core.pipeline import Pipeline
+from core.pipeline import Pipeline, Prepared, prepare
+from core.ports import TicketFilter
 from core.reply import ReplySettings
 from core.route import Router
 from core.ticket import EventKind, Priority, Status
@@ -324,3 +326,52 @@ def test_a_tickets_text_lists_the_requests_attachments_and_counts_the_rest(sqlit
     assert body.startswith("It fails.\n\nAttachments (25):\n- receipt-1.png (image/png, 2.0 KB)\n")
     assert "receipt-20.png" in body and "receipt-21.png" not in body
     assert body.endswith("- … and 5 more")
+
+
+@dataclass
+class InlinePreparer:
+    """``core.worker.Preparer`` in this process (bot.prepare does the same in worker processes): prepares with
+    its own classifier, and hands back None for the rows listed in ``skip``, as the pool does after a failure."""
+
+    decode: Callable[[StoredInbound], Message]
+    classifier: ScriptedClassifier
+    skip: set[str] = field(default_factory=set)
+    batches: list[int] = field(default_factory=list)
+
+    def prepare(self, rows: Sequence[StoredInbound]) -> Iterator[Prepared | None]:
+        self.batches.append(len(rows))
+        for row in rows:
+            yield None if row.dedupe_key in self.skip else prepare(self.decode, self.classifier, row)
+
+
+def test_the_worker_uses_prepared_messages_and_prepares_the_rest_itself(sqlite_store: SqlStore) -> None:
+    messages = {
+        "prepared": email("<p@x>", subject="Prepared elsewhere"),
+        "skipped": email("<s@x>", subject="Prepared here", sender="bo@example.com"),
+        "robot": email("<r@x>", subject="Out of office", auto="auto-submitted"),
+    }
+
+    def decode(row: StoredInbound) -> Message:
+        if row.dedupe_key == "broken":
+            raise MalformedMessage("no headers at all")
+        return messages[row.dedupe_key]
+
+    in_process = ScriptedClassifier(name="in-process")
+    pipeline = make_pipeline(sqlite_store, in_process, decoders={Channel.EMAIL: decode})
+    preparer = InlinePreparer(decode, ScriptedClassifier(name="preparer", department="HR"), skip={"skipped"})
+    for key in ["prepared", "skipped", "robot", "broken"]:
+        sqlite_store.receive(InboundRecord(Channel.EMAIL, key, b"raw", NOW))
+    worker = InboundWorker(store=sqlite_store, pipeline=pipeline, preparer=preparer, batch_size=10)
+    assert worker.run_once(datetime.now(UTC)) == 4
+    assert preparer.batches == [4]
+    by_subject = {t.subject: t for t in sqlite_store.list_tickets(TicketFilter(limit=10))}
+    assert (by_subject["Prepared elsewhere"].classifier, by_subject["Prepared elsewhere"].department) == (
+        "preparer",
+        "HR",
+    )
+    assert by_subject["Prepared here"].classifier == "in-process"
+    assert in_process.calls == [("Prepared here", "It fails.")]  # the prepared one was not classified again
+    assert preparer.classifier.calls == [("Prepared elsewhere", "It fails.")]  # the robot was never classified
+    statuses = {r.dedupe_key: (r.status, r.last_error) for r in sqlite_store.list_inbound(status=None, limit=10)}
+    assert statuses["robot"][0] is InboundStatus.PARKED
+    assert statuses["broken"] == (InboundStatus.PARKED, "malformed: no headers at all")
