@@ -183,13 +183,12 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
         build_pipeline,
         email_decoders,
         inbound_preparer,
+        inbound_worker,
         open_store,
-        worker_batch,
         worker_threads,
     )
     from core.config import ImapMailboxConfig
     from core.outbox import OutboxKind
-    from core.worker import InboundWorker
 
     os.environ[PASSWORD_ENV] = password
     with tempfile.TemporaryDirectory(prefix="bench-imap-") as tmp:
@@ -209,13 +208,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
             config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
         )
         preparer = inbound_preparer(config, classifier)
-        worker = InboundWorker(
-            store=store,
-            pipeline=pipeline,
-            max_attempts=config.worker.max_attempts,
-            preparer=preparer,
-            batch_size=worker_batch(classifier),
-        )
+        worker = inbound_worker(config, store, pipeline, classifier, preparer)
         loops = [
             Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
             for k in range(1, worker_threads(config, classifier) + 1)
@@ -272,12 +265,11 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
         build_pipeline,
         email_decoders,
         inbound_preparer,
+        inbound_worker,
         open_store,
-        worker_batch,
         worker_threads,
     )
     from core.outbox import OutboxKind
-    from core.worker import InboundWorker
 
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
         config = bench_config(Path(tmp), smtp_intake={"enabled": True, "host": "127.0.0.1", "port": 0}, threads=threads)
@@ -292,13 +284,7 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
                 config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
             )
             preparer = inbound_preparer(config, classifier)
-            worker = InboundWorker(
-                store=store,
-                pipeline=pipeline,
-                max_attempts=config.worker.max_attempts,
-                preparer=preparer,
-                batch_size=worker_batch(classifier),
-            )
+            worker = inbound_worker(config, store, pipeline, classifier, preparer)
             loops = [
                 Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
                 for k in range(1, worker_threads(config, classifier) + 1)

@@ -87,6 +87,11 @@ class ProcessPreparer:
                 future = pool.submit(_prepare_in_worker, email)
             except (BrokenProcessPool, RuntimeError):  # broken, or shut down by stop()
                 self._replace(pool)
+        return self._collect(rows, email, future)  # submitted now; waited for as the caller iterates
+
+    def _collect(
+        self, rows: Sequence[StoredInbound], email: list[StoredInbound], future: Future[list[Prepared]] | None
+    ) -> Iterator[Prepared | None]:
         done = iter(self._result(email, future) if future is not None else [None] * len(email))
         for row in rows:
             yield next(done) if row.channel is Channel.EMAIL else None

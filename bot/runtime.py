@@ -101,11 +101,23 @@ def worker_threads(config: Config, classifier: Classifier) -> int:
     return min(config.worker.threads, 2)
 
 
-def worker_batch(classifier: Classifier) -> int:
-    """Rows an inbound worker claims at once. With Claude 5, so a batch ends well inside its lease even when each
-    ticket waits out the deadline; with the offline model alone 20: claims, and the batches handed to the worker
-    processes, cost per batch (bench/email_intake.py: 5 -> 20 took the IMAP drain from 319 to 354 msg/s)."""
-    return 5 if isinstance(classifier, FallbackClassifier) else 20
+def inbound_worker(
+    config: Config, store: SqlStore, pipeline: Pipeline, classifier: Classifier, preparer: ProcessPreparer | None
+) -> InboundWorker:
+    """The inbound worker the threads share. With the offline model alone it claims 20 rows at a time (claims,
+    and the batches handed to the worker processes, cost per batch: bench/email_intake.py, 5 -> 20 took the IMAP
+    drain from 319 to 354 msg/s) and writes each batch in one transaction. With Claude it claims 5, so a batch
+    ends well inside its lease even when each ticket waits out the deadline, and each message is its own
+    transaction: a batch's would hold the database's write lock while Claude answers."""
+    offline = not isinstance(classifier, FallbackClassifier)
+    return InboundWorker(
+        store=store,
+        pipeline=pipeline,
+        max_attempts=config.worker.max_attempts,
+        preparer=preparer,
+        batch_size=20 if offline else 5,
+        shared_transaction=offline,
+    )
 
 
 def inbound_preparer(config: Config, classifier: Classifier) -> ProcessPreparer | None:
@@ -269,13 +281,7 @@ class Runtime:
             channels.append(http)  # last: stops first, so Slack can finish storing what it acknowledged
         runtime = cls(config=config, secrets=secrets, store=store, pipeline=pipeline, senders=senders)
         preparer = inbound_preparer(config, classifier)
-        worker = InboundWorker(
-            store=store,
-            pipeline=pipeline,
-            max_attempts=config.worker.max_attempts,
-            preparer=preparer,
-            batch_size=worker_batch(classifier),
-        )
+        worker = inbound_worker(config, store, pipeline, classifier, preparer)
         workers = [
             Loop(f"inbound-worker-{n}", worker.run_once, config.worker.poll_seconds)
             for n in range(1, worker_threads(config, classifier) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -93,6 +94,15 @@ class InboundStore(Protocol):
 
     def retry_inbound(self, inbound_id: int) -> StoredInbound:
         """Put a parked or ignored row back to received with zero attempts. Raises NotFound."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """This thread's calls in the block share one write transaction, committed when it ends; each call sees
+        the earlier ones' writes. Raises StorageError (on leaving) when the commit fails: then nothing is stored."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """Inside ``transaction``: an error in the block undoes only the block's writes. Outside: nothing."""
         ...
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import Engine
 
+from core.classify.base import Classification
 from core.classify.fallback import FallbackClassifier
 from core.errors import InvalidInput, MalformedMessage, NotFound, StorageError
 from core.inbound import InboundRecord, InboundStatus, StoredInbound
@@ -18,7 +21,7 @@ from core.pipeline import Pipeline, Prepared, prepare
 from core.ports import TicketFilter
 from core.reply import ReplySettings
 from core.route import Router
-from core.ticket import EventKind, Priority, Status
+from core.ticket import EventKind, Priority, Status, Ticket
 from core.worker import InboundWorker
 from storage.store import SqlStore
 from tests.fakes.classifier import ScriptedClassifier
@@ -375,3 +378,85 @@ def test_the_worker_uses_prepared_messages_and_prepares_the_rest_itself(sqlite_s
     statuses = {r.dedupe_key: (r.status, r.last_error) for r in sqlite_store.list_inbound(status=None, limit=10)}
     assert statuses["robot"][0] is InboundStatus.PARKED
     assert statuses["broken"] == (InboundStatus.PARKED, "malformed: no headers at all")
+
+
+class FailingObserver:
+    """Raises for tickets with a given subject: a failure after the ticket was written, inside its transaction."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def ticket_opened(self, ticket: Ticket, classification: Classification) -> None:
+        if ticket.subject == self.subject:
+            raise RuntimeError("observer bug")
+
+
+def queue(store: SqlStore, messages: dict[str, Message]) -> None:
+    for key in messages:
+        store.receive(InboundRecord(Channel.EMAIL, key, b"raw", NOW))
+
+
+def test_a_shared_batch_transaction_undoes_only_the_failing_message(store: SqlStore) -> None:
+    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(4)}
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
+    pipeline.observer = FailingObserver("Request 2")
+    queue(store, messages)
+    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    assert worker.run_once(datetime.now(UTC)) == 4
+    subjects = sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10)))
+    assert subjects == ["Request 0", "Request 1", "Request 3"]  # Request 2's ticket was rolled back with it
+    rows = {r.dedupe_key: r for r in store.list_inbound(status=None, limit=10)}
+    assert (rows["m2"].status, rows["m2"].attempts) == (InboundStatus.RECEIVED, 1)
+    assert "observer bug" in (rows["m2"].last_error or "")
+    assert all(rows[k].status is InboundStatus.PROCESSED for k in ("m0", "m1", "m3"))
+    acks = [i for i in store.list_outbox() if i.kind is OutboxKind.EMAIL]
+    assert sorted(i.payload["to"] for i in acks) == ["u0@example.com", "u1@example.com", "u3@example.com"]
+
+
+class CommitFailingStore(SqlStore):
+    """The real store, except that its first shared transaction fails at the commit (the database went away)."""
+
+    failed = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.failed:
+            with super().transaction():
+                yield
+            return
+        self.failed = True
+        try:
+            with super().transaction():
+                yield
+                raise _Abort  # rolls the whole transaction back
+        except _Abort:
+            raise StorageError("database error: disk I/O error") from None
+
+
+class _Abort(Exception):
+    pass
+
+
+def test_a_batch_whose_commit_fails_is_processed_again_row_by_row_and_nothing_twice(engine: Engine) -> None:
+    store = CommitFailingStore(engine)
+    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(3)}
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
+    queue(store, messages)
+    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    assert worker.run_once(datetime.now(UTC)) == 3
+    assert store.failed
+    assert sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10))) == [f"Request {n}" for n in range(3)]
+    assert all(r.status is InboundStatus.PROCESSED for r in store.list_inbound(status=None, limit=10))
+    acks = [i for i in store.list_outbox() if i.kind is OutboxKind.EMAIL]
+    assert sorted(i.payload["to"] for i in acks) == [f"u{n}@example.com" for n in range(3)]  # one each
+
+
+def test_a_shared_transaction_sees_its_own_writes_so_a_reply_in_the_same_batch_threads(store: SqlStore) -> None:
+    first = email("<first@x>", subject="Laptop broken")
+    reply = email("<reply@x>", subject="Re: Laptop broken", body="Also the charger.", refs=("<first@x>",))
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for({"first": first, "reply": reply})})
+    queue(store, {"first": first, "reply": reply})
+    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    assert worker.run_once(datetime.now(UTC)) == 2
+    [ticket] = store.list_tickets(TicketFilter(limit=10))
+    assert [e.kind for e in store.ticket_events(ticket.id)].count(EventKind.COMMENT) == 1
