@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from core.classify.base import Classifier
 from core.config import Config
@@ -36,11 +37,23 @@ def auto_processes(config: Config) -> int:
     on a single core the pool would only add copying)."""
     if config.worker.processes is not None:
         return config.worker.processes
+    return 1 if usable_cores() > 1 else 0
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> float:
+    """The cores this process may use: its CPU set, capped by a cgroup v2 CPU quota (a container's ``cpus:``
+    limit changes the quota, not the CPU set)."""
     try:
-        cores = len(os.sched_getaffinity(0))  # a container's CPU set, not the host's
+        cores: float = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return 1 if cores > 1 else 0
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read
+    return cores
 
 
 class ProcessPreparer:

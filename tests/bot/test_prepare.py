@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.prepare import ProcessPreparer, auto_processes
+from bot.prepare import ProcessPreparer, auto_processes, usable_cores
 from bot.runtime import email_decoders, offline_classifier
 from core.config import Config, load_config
 from core.inbound import InboundStatus, StoredInbound
@@ -110,9 +110,17 @@ def test_after_stop_everything_is_prepared_in_process(config: Config) -> None:
 
 
 def test_processes_default_to_one_with_a_second_core(config: Config) -> None:
-    cores = len(os.sched_getaffinity(0))
-    assert auto_processes(config) == (1 if cores > 1 else 0)
+    assert auto_processes(config) == (1 if usable_cores() > 1 else 0)
     assert auto_processes(config.model_copy(update={"worker": config.worker.model_copy(update={"processes": 0})})) == 0
+
+
+def test_a_container_cpu_quota_caps_the_usable_cores(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("100000 100000\n")  # compose's cpus: "1.0"
+    assert usable_cores(cpu_max) == 1
+    cpu_max.write_text("max 100000\n")  # no limit
+    assert usable_cores(cpu_max) == len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path / "missing") == len(os.sched_getaffinity(0))
 
 
 PARENT = """
