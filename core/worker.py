@@ -52,7 +52,7 @@ class InboundWorker:
     shared_transaction: bool = False
     # Failures that could not be recorded because the database was away: recorded first thing next round, so
     # their rows are released at once rather than when the lease runs out.
-    _unrecorded: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _unrecorded: list[tuple[int, Callable[[], None]]] = field(default_factory=list, repr=False)  # (row id, record)
 
     def run_once(self, now: datetime) -> int:
         """Claim a batch and process it. With a preparer and shared transactions (a fast classifier), up to
@@ -60,7 +60,7 @@ class InboundWorker:
         worker processes prepare one batch while this thread writes the other. Raises StorageError while earlier
         failures still cannot be recorded."""
         while self._unrecorded:
-            self._unrecorded[0]()
+            self._unrecorded[0][1]()
             self._unrecorded.pop(0)
         rows = self._claim(now)
         ready = self._prepare(rows)
@@ -92,7 +92,6 @@ class InboundWorker:
             return
         # Everything prepared first: waiting for the worker processes must not hold the write lock.
         batch = list(zip(rows, ready, strict=False))
-        unrecorded = len(self._unrecorded)
         try:
             with self.store.transaction():
                 for row, prepared in batch:
@@ -102,7 +101,10 @@ class InboundWorker:
             # each row goes again in transactions of its own, where a failure is the row's alone. (A ticket it
             # opened before the failure was logged, and counted in /metrics, twice.)
             log.warning("a batch of %d inbound rows was rolled back (%s); processing them one by one", len(batch), exc)
-            del self._unrecorded[unrecorded:]  # failures recorded in the batch were rolled back with it
+            # Failures the batch could not record went with it too: the rows are tried again now. (The other
+            # thread's entries stay: the list is shared.)
+            ids = {row.id for row, _ in batch}
+            self._unrecorded[:] = [entry for entry in self._unrecorded if entry[0] not in ids]
             for row, prepared in batch:
                 self.process(row, now, prepared)
 
@@ -129,5 +131,5 @@ class InboundWorker:
             try:
                 record()
             except StorageError:
-                self._unrecorded.append(record)
+                self._unrecorded.append((row.id, record))
             return None
