@@ -141,12 +141,8 @@ class SqlStore:
             return
         session = (self._sessions if write else self._read_sessions)()
         try:
-            with session.begin():
+            with _storage_errors(), session.begin():
                 yield session
-        except (OperationalError, IntegrityError) as exc:
-            raise StorageError(f"database error: {exc.orig or exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc}") from exc
         finally:
             session.close()
 
@@ -159,13 +155,8 @@ class SqlStore:
             with _storage_errors():
                 yield shared
             return
-        try:
-            with (self.engine if write else self._reader).begin() as conn:
-                yield conn
-        except (OperationalError, IntegrityError) as exc:
-            raise StorageError(f"database error: {exc.orig or exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc}") from exc
+        with _storage_errors(), (self.engine if write else self._reader).begin() as conn:
+            yield conn
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self._pg else sqlite.insert)(table)
