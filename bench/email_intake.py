@@ -175,20 +175,29 @@ def run_reference(host: str, port: int, user: str, password: str, n: int) -> Non
     emit({"role": "reference", "n": n, "stored": stored, "seconds": elapsed, "peak_rss_mib": peak_rss_mib()})
 
 
+def processing(config: Any, store: Any, classifier: Any) -> tuple[Any, list[Any]]:
+    """The inbound processing as Runtime.build assembles it: the worker process (started and warm, as it is long
+    before mail arrives under `ticketbot run`, or None) and the worker threads' loops (not started)."""
+    from bot.runtime import Loop, build_pipeline, email_decoders, inbound_preparer, inbound_worker, worker_threads
+    from core.outbox import OutboxKind
+
+    pipeline = build_pipeline(config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL})
+    preparer = inbound_preparer(config, classifier)
+    worker = inbound_worker(config, store, pipeline, classifier, preparer)
+    loops = [
+        Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
+        for k in range(1, worker_threads(config, classifier) + 1)
+    ]
+    if preparer is not None:
+        preparer.start()
+        preparer.wait_ready()
+    return preparer, loops
+
+
 def run_imap(host: str, port: int, user: str, password: str, n: int, threads: int | None) -> None:
     """Our IMAP path, assembled as Runtime.build assembles it, minus the outbox dispatcher and the scheduler."""
-    from bot.runtime import (
-        ImapPollerComponent,
-        Loop,
-        build_pipeline,
-        email_decoders,
-        inbound_preparer,
-        inbound_worker,
-        open_store,
-        worker_threads,
-    )
+    from bot.runtime import ImapPollerComponent, open_store, worker_threads
     from core.config import ImapMailboxConfig
-    from core.outbox import OutboxKind
 
     os.environ[PASSWORD_ENV] = password
     with tempfile.TemporaryDirectory(prefix="bench-imap-") as tmp:
@@ -204,19 +213,8 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
         config = bench_config(Path(tmp), imap=[mailbox.model_dump()], threads=threads)
         store = open_store(config)
         classifier = real_classifier(config)
-        pipeline = build_pipeline(
-            config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
-        )
-        preparer = inbound_preparer(config, classifier)
-        worker = inbound_worker(config, store, pipeline, classifier, preparer)
-        loops = [
-            Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
-            for k in range(1, worker_threads(config, classifier) + 1)
-        ]
+        preparer, loops = processing(config, store, classifier)
         poller = ImapPollerComponent(config.email.imap[0], store, owner="bench")
-        if preparer is not None:
-            preparer.start()  # as `ticketbot run` does before the mail arrives: the processes are up and warm
-            preparer.wait_ready()
 
         def wake() -> None:
             for loop in loops:
@@ -259,17 +257,7 @@ def run_imap(host: str, port: int, user: str, password: str, n: int, threads: in
 def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
     """The real SMTP intake on a free port (and optionally the workers); the parent is the sending MTA."""
     from bot.prepare import ProcessPreparer
-    from bot.runtime import (
-        Loop,
-        SmtpIntakeComponent,
-        build_pipeline,
-        email_decoders,
-        inbound_preparer,
-        inbound_worker,
-        open_store,
-        worker_threads,
-    )
-    from core.outbox import OutboxKind
+    from bot.runtime import Loop, SmtpIntakeComponent, open_store
 
     with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
         config = bench_config(Path(tmp), smtp_intake={"enabled": True, "host": "127.0.0.1", "port": 0}, threads=threads)
@@ -280,18 +268,7 @@ def run_smtp_server(n: int, with_workers: bool, threads: int | None) -> None:
         if with_workers:
             classifier = real_classifier(config)
             classifier_name = classifier.name
-            pipeline = build_pipeline(
-                config, store, classifier, decoders=email_decoders(config), enabled={OutboxKind.EMAIL}
-            )
-            preparer = inbound_preparer(config, classifier)
-            worker = inbound_worker(config, store, pipeline, classifier, preparer)
-            loops = [
-                Loop(f"inbound-worker-{k}", worker.run_once, config.worker.poll_seconds)
-                for k in range(1, worker_threads(config, classifier) + 1)
-            ]
-            if preparer is not None:
-                preparer.start()
-                preparer.wait_ready()
+            preparer, loops = processing(config, store, classifier)
         intake = SmtpIntakeComponent(config, store)
 
         def wake() -> None:

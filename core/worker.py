@@ -40,7 +40,7 @@ class InboundWorker:
     max_attempts: int = 3
     # Small batches with a long lease: a batch must finish (each ticket may wait up to the classifier
     # deadline) well before its lease lets another worker claim the same rows after a crash. With the offline
-    # model (milliseconds a message) the runtime claims more at a time (bot.runtime.worker_batch).
+    # model (milliseconds a message) the runtime claims more at a time (bot.runtime.inbound_worker).
     batch_size: int = 5
     lease: timedelta = timedelta(minutes=5)
     # Decoding and classifying are most of a message's CPU and need no database: with a preparer they run in
