@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -70,11 +71,20 @@ class SqlStore:
         inbound, tickets, outbox = tables["inbound_messages"], tables["tickets"], tables["outbox"]
         self._q_receive = self._insert(inbound).on_conflict_do_nothing().returning(inbound.c.id)
         self._q_finish = update(inbound).where(inbound.c.id == bindparam("inbound_id"))
-        self._q_done = select(inbound.c.ticket_id).where(
-            inbound.c.id == bindparam("inbound_id"), inbound.c.status == InboundStatus.PROCESSED.value
-        )
         self._q_ticket = select(tickets).where(tickets.c.id == bindparam("ticket_id"))
-        self._q_new_ticket = insert(tickets).returning(tickets.c.id)
+        # Waits for another writer of the same ticket (no SKIP LOCKED: a locked ticket is not a missing one).
+        self._q_ticket_for_update = self._q_ticket.with_for_update()
+        self._q_ticket_of_inbound = select(tickets).where(tickets.c.inbound_id == bindparam("inbound_id"))
+        # One ticket per request: a second worker (or a crash and retry) opening a ticket for a row that has one
+        # inserts nothing, and gets the existing ticket (tickets.inbound_id is unique).
+        self._q_new_ticket = (
+            self._insert(tickets).on_conflict_do_nothing(index_elements=[tickets.c.inbound_id]).returning(tickets.c.id)
+        )
+        self._q_touch_ticket = update(tickets).where(tickets.c.id == bindparam("ticket_id"))
+        refs = tables["message_refs"]
+        self._q_find_refs = select(refs.c.message_id, refs.c.ticket_id).where(
+            refs.c.message_id.in_(bindparam("refs", expanding=True))
+        )
         self._q_event = insert(tables["ticket_events"])
         self._q_ref = self._insert(tables["message_refs"]).on_conflict_do_nothing()
         self._q_auto_reply_counts: dict[int, Any] = {}
@@ -121,8 +131,20 @@ class SqlStore:
         if conn is None:
             yield
             return
-        with _storage_errors(), conn.begin_nested():
+        # One fixed name, in plain SQL: ``begin_nested`` names each savepoint anew, and SQLAlchemy compiled every
+        # SAVEPOINT and RELEASE as a new statement (a tenth of a batch's CPU). Both databases resolve a reused
+        # name to the innermost savepoint, so nesting still works.
+        with _storage_errors():
+            conn.exec_driver_sql("SAVEPOINT ticketbot_message")
+        try:
             yield
+        except BaseException:
+            with _storage_errors():
+                conn.exec_driver_sql("ROLLBACK TO SAVEPOINT ticketbot_message")
+                conn.exec_driver_sql("RELEASE SAVEPOINT ticketbot_message")
+            raise
+        with _storage_errors():
+            conn.exec_driver_sql("RELEASE SAVEPOINT ticketbot_message")
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[Session]:
@@ -355,13 +377,6 @@ class SqlStore:
         now = _now()
         c = draft.classification
         with self._conn() as conn:
-            if inbound_id is not None:
-                # A second worker (or a crash and retry) may have finished this row already: one ticket per request.
-                done = conn.execute(self._q_done, {"inbound_id": inbound_id}).scalar_one_or_none()
-                if done is not None:
-                    existing = conn.execute(self._q_ticket, {"ticket_id": done}).one_or_none()
-                    if existing is not None:
-                        return self._ticket(existing)
             values: dict[str, Any] = {
                 "inbound_id": inbound_id,
                 "subject": draft.subject[:2000],
@@ -387,7 +402,9 @@ class SqlStore:
                 "first_action_at": None,
                 "resolved_at": None,
             }
-            ticket_id = conn.execute(self._q_new_ticket, values).scalar_one()
+            ticket_id = conn.execute(self._q_new_ticket, values).scalar_one_or_none()
+            if ticket_id is None:  # this request has its ticket already (see _q_new_ticket)
+                return self._ticket(conn.execute(self._q_ticket_of_inbound, {"inbound_id": inbound_id}).one())
             classified = {
                 "department": c.department,
                 "priority": c.priority.value,
@@ -409,10 +426,9 @@ class SqlStore:
                     self._event_values(ticket_id, EventKind.ROUTED, "router", now, routed),
                 ],
             )
-            for ref in draft.message_refs:
-                self._add_ref(conn, ref, ticket_id, "in", now)
             ticket = self._ticket_from_values(ticket_id, values)
-            self._enqueue(conn, compose(ticket), now)
+            refs = self._queue(conn, compose(ticket), now)
+            self._add_refs(conn, [*self._refs(draft.message_refs, ticket_id, "in", now), *refs])
             if inbound_id is not None:
                 self._finish(conn, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
             return ticket
@@ -430,27 +446,33 @@ class SqlStore:
         automated: bool = False,
     ) -> Ticket:
         now = _now()
-        with self._tx() as s:
-            row = self._get_row(s, ticket_id)
-            self._event(s, ticket_id, EventKind.COMMENT, actor, now, {"text": text, "automated": automated})
-            if reopen and not Status(row.status).is_open:
-                self._event(
-                    s, ticket_id, EventKind.STATUS, actor, now, {"from": row.status, "to": "new", "why": "reply"}
-                )
-                row.status = Status.NEW.value
-                row.resolved_at = None
-            row.updated_at = now
-            for ref in message_refs:
-                self._add_ref(s, ref, ticket_id, "in", now)
+        # Core, not the ORM: a follow-up is on the inbound hot path (an ORM session cost more than its statements).
+        with self._conn() as conn:
+            row = conn.execute(self._q_ticket_for_update, {"ticket_id": ticket_id}).one_or_none()
+            if row is None:
+                raise NotFound(f"no ticket #{ticket_id}")
             ticket = self._ticket(row)
-            self._enqueue(s, compose(ticket), now)
+            comment = {"text": text, "automated": automated}
+            events = [self._event_values(ticket_id, EventKind.COMMENT, actor, now, comment)]
+            changes: dict[str, Any] = {"updated_at": now}
+            if reopen and not ticket.status.is_open:
+                why = {"from": ticket.status.value, "to": Status.NEW.value, "why": "reply"}
+                events.append(self._event_values(ticket_id, EventKind.STATUS, actor, now, why))
+                changes.update(status=Status.NEW.value, resolved_at=None)
+            conn.execute(self._q_event, events)
+            conn.execute(self._q_touch_ticket, {"ticket_id": ticket_id, **changes})  # SETs the columns given
+            ticket = replace(ticket, updated_at=now)
+            if "status" in changes:
+                ticket = replace(ticket, status=Status.NEW, resolved_at=None)
+            refs = self._queue(conn, compose(ticket), now)
+            self._add_refs(conn, [*self._refs(message_refs, ticket_id, "in", now), *refs])
             if inbound_id is not None:
-                self._finish(s, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
+                self._finish(conn, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
             return ticket
 
     def get_ticket(self, ticket_id: int) -> Ticket | None:
-        with self._tx(write=False) as s:
-            row = s.get(TicketRow, ticket_id)
+        with self._conn(write=False) as conn:
+            row = conn.execute(self._q_ticket, {"ticket_id": ticket_id}).one_or_none()
             return self._ticket(row) if row else None
 
     def list_tickets(self, flt: TicketFilter) -> list[Ticket]:
@@ -480,14 +502,8 @@ class SqlStore:
         wanted = [r[:998] for r in refs if r]
         if not wanted:
             return None
-        with self._tx(write=False) as s:
-            found = dict(
-                s.execute(
-                    select(MessageRefRow.message_id, MessageRefRow.ticket_id).where(
-                        MessageRefRow.message_id.in_(wanted)
-                    )
-                ).all()
-            )
+        with self._conn(write=False) as conn:
+            found: dict[str, int] = {ref: ticket for ref, ticket in conn.execute(self._q_find_refs, {"refs": wanted})}
         for ref in wanted:  # refs come newest first: the most recent match wins
             if ref in found:
                 return found[ref]
@@ -666,24 +682,32 @@ class SqlStore:
         if not since:
             return []
         with self._conn(write=False) as conn:
-            return self._auto_reply_counts(conn, recipient.lower(), since)
+            return self._auto_reply_counts(conn, recipient.lower(), since, now=_now())[0]
 
-    def _auto_reply_counts(self, conn: Connection, recipient: str, since: Sequence[datetime]) -> list[int]:
-        if not since:
-            return []
+    def _auto_reply_counts(
+        self, conn: Connection, recipient: str, since: Sequence[datetime], *, now: datetime
+    ) -> tuple[list[int], datetime | None]:
+        """How many automatic mails went to ``recipient`` since each of ``since``, and until when it is suppressed
+        (a permanent bounce), in one statement: the loop guards ask for every new email ticket."""
         stmt = self._q_auto_reply_counts.get(len(since))
-        if stmt is None:  # one statement per number of windows, built once (asked for every new ticket)
-            outbox = OutboxRow.metadata.tables["outbox"]
+        if stmt is None:  # one statement per number of windows, built once
+            tables = OutboxRow.metadata.tables
+            outbox, suppressed = tables["outbox"], tables["suppressed_recipients"]
+            until = select(suppressed.c.until).where(
+                suppressed.c.address == bindparam("recipient"), suppressed.c.until > bindparam("now")
+            )
             columns = [func.count(case((outbox.c.created_at >= bindparam(f"since_{i}"), 1))) for i in range(len(since))]
-            stmt = select(*columns).where(
+            stmt = select(*columns, until.scalar_subquery()).where(
                 outbox.c.recipient == bindparam("recipient"),
                 outbox.c.kind == OutboxKind.EMAIL.value,
                 outbox.c.created_at >= bindparam("earliest"),
             )
             self._q_auto_reply_counts[len(since)] = stmt
         params: dict[str, Any] = {f"since_{i}": start for i, start in enumerate(since)}
-        params.update(recipient=recipient, earliest=min(since))
-        return [int(n) for n in conn.execute(stmt, params).one()]
+        # With no windows nothing is counted, but the row, and with it the suppression, still comes back.
+        params.update(recipient=recipient, now=now, earliest=min(since) if since else now)
+        *counts, suppressed_until = conn.execute(stmt, params).one()
+        return [int(n) for n in counts], suppressed_until
 
     def suppress_recipients(self, addresses: Sequence[str], *, until: datetime, reason: str) -> None:
         """Mark addresses that permanently bounced: no automatic mail to them until ``until`` (extended, never
@@ -734,10 +758,7 @@ class SqlStore:
         """The loop guards' three reads in one read-only transaction (one per new email ticket)."""
         lowered = address.strip().lower()  # outbox recipients and suppressions are stored lower-case
         with self._conn(write=False) as conn:
-            counts = self._auto_reply_counts(conn, lowered, reply_windows)
-            until: datetime | None = conn.execute(
-                self._q_suppressed, {"address": lowered, "now": now}
-            ).scalar_one_or_none()
+            counts, until = self._auto_reply_counts(conn, lowered, reply_windows, now=now)
             recent: list[tuple[str, str]] = []
             if recent_limit > 0:
                 rows = conn.execute(
@@ -751,8 +772,10 @@ class SqlStore:
         return self.auto_reply_counts(recipient, since=[since])[0]
 
     def _get_row(self, s: Session, ticket_id: int) -> TicketRow:
+        # FOR UPDATE without SKIP LOCKED (``_lock``): two people changing one ticket take turns; skipping would
+        # tell the second that the ticket does not exist.
         row: TicketRow | None = s.execute(
-            self._lock(select(TicketRow).where(TicketRow.id == ticket_id))
+            select(TicketRow).where(TicketRow.id == ticket_id).with_for_update()
         ).scalar_one_or_none()
         if row is None:
             raise NotFound(f"no ticket #{ticket_id}")
@@ -775,10 +798,15 @@ class SqlStore:
     ) -> dict[str, Any]:
         return {"ticket_id": ticket_id, "kind": kind.value, "actor": actor[:320], "data": data, "at": at}
 
-    def _add_ref(self, s: Session | Connection, ref: str, ticket_id: int, direction: str, now: datetime) -> None:
-        s.execute(
-            self._q_ref, {"message_id": ref[:998], "ticket_id": ticket_id, "direction": direction, "created_at": now}
-        )
+    @staticmethod
+    def _refs(refs: Sequence[str], ticket_id: int, direction: str, now: datetime) -> list[dict[str, Any]]:
+        return [
+            {"message_id": ref[:998], "ticket_id": ticket_id, "direction": direction, "created_at": now} for ref in refs
+        ]
+
+    def _add_refs(self, s: Session | Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:  # one statement for a message's refs, ours and theirs
+            s.execute(self._q_ref, rows if len(rows) > 1 else rows[0])
 
     @staticmethod
     def _ticket_from_values(ticket_id: int, values: dict[str, Any]) -> Ticket:
@@ -840,6 +868,12 @@ class SqlStore:
             self._enqueue(s, items, _now())
 
     def _enqueue(self, s: Session | Connection, items: Sequence[OutboxItem], now: datetime) -> None:
+        self._add_refs(s, self._queue(s, items, now))
+
+    def _queue(self, s: Session | Connection, items: Sequence[OutboxItem], now: datetime) -> list[dict[str, Any]]:
+        """Insert ``items`` (a dedupe key already queued is skipped); returns the message_refs rows of our own
+        Message-IDs, for the caller to write with its other refs in one statement."""
+        refs: list[dict[str, Any]] = []
         for item in items:
             to = item.payload.get("to")
             inserted = s.execute(
@@ -859,7 +893,8 @@ class SqlStore:
             message_id = item.payload.get("message_id")
             if inserted is not None and item.ticket_id is not None and isinstance(message_id, str):
                 # Record our own Message-ID now, so a reply threads even if it beats our "sent" mark.
-                self._add_ref(s, message_id, item.ticket_id, "out", now)
+                refs.extend(self._refs([message_id], item.ticket_id, "out", now))
+        return refs
 
     def claim_due_outbox(self, *, now: datetime, limit: int, lease: timedelta) -> list[StoredOutboxItem]:
         with self._tx() as s:

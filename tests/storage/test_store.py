@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from core.classify.base import Classification
 from core.errors import NotFound
@@ -211,6 +211,42 @@ def test_comment_reopens_a_resolved_ticket(store: SqlStore) -> None:
     assert updated.status is Status.NEW and updated.resolved_at is None
     assert store.ticket_events(ticket.id)[-1].kind is EventKind.STATUS
     assert store.find_ticket_by_refs(["<reply@mail>"]) == ticket.id
+
+
+def test_a_change_waits_for_another_writer_of_the_ticket_instead_of_calling_it_missing(
+    store: SqlStore, engine: Engine
+) -> None:
+    """PostgreSQL: changes lock the ticket row FOR UPDATE and wait their turn (SKIP LOCKED would skip the locked
+    row and report the ticket as missing). SQLite: the writers take turns on the database's lock."""
+    ticket = store.open_ticket(None, draft(), no_replies)
+    results: list[object] = []
+
+    def change() -> None:
+        try:
+            store.change_status(ticket.id, Status.IN_PROGRESS, actor="agent", note=None, compose=no_replies)
+            results.append(
+                store.add_comment(
+                    None,
+                    ticket.id,
+                    actor="ana@example.com",
+                    text="more",
+                    reopen=True,
+                    message_refs=[],
+                    compose=no_replies,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            results.append(exc)
+
+    with engine.begin() as conn:  # another writer holds the ticket's row (and, on SQLite, the write lock)
+        conn.execute(text("UPDATE tickets SET updated_at = updated_at WHERE id = :id"), {"id": ticket.id})
+        worker = threading.Thread(target=change)
+        worker.start()
+        worker.join(0.5)  # it waits for the lock
+    worker.join(30)
+    assert len(results) == 1 and isinstance(results[0], Ticket), results
+    assert results[0].status is Status.IN_PROGRESS
+    assert [e.kind for e in store.ticket_events(ticket.id)][-2:] == [EventKind.STATUS, EventKind.COMMENT]
 
 
 def test_list_tickets_filters(store: SqlStore) -> None:
