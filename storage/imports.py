@@ -6,7 +6,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,10 @@ class ImportedTicket:
     classifier_model: str | None = None
     # The data of the ticket's "imported" event: source, format, row number, what was classified.
     event: dict[str, Any] = field(default_factory=dict)
+    # SQLite: the row's values as the insert binds them (a JSON array) and its event's data, worked out by
+    # ``SqlImportStore.encode`` on the reading thread, so the writing thread only waits on SQLite.
+    bound: str | None = None
+    bound_event: Any = None
 
 
 class SqlImportStore:
@@ -82,6 +86,21 @@ class SqlImportStore:
             raise StorageError(f"database error: {getattr(exc, 'orig', None) or exc}") from exc
         except (sqlite3.Error, psycopg.Error) as exc:  # the bulk paths talk to the driver directly
             raise StorageError(f"database error: {exc}") from exc
+
+    def encode(self, ticket: ImportedTicket) -> ImportedTicket:
+        """``ticket`` with its values converted as the insert will bind them (SQLite; PostgreSQL's COPY converts
+        as it writes). The importer calls this on the thread that reads the file: the conversion is Python, and on
+        the writing thread it held the GIL while SQLite could have been inserting."""
+        if self._pg:
+            return ticket
+        values = zip(self._ticket_procs, _ticket_values(ticket), strict=True)
+        row = [v if p is None or v is None else p(v) for p, v in values]
+        data_proc = self._event_procs[3]
+        return replace(
+            ticket,
+            bound=json.dumps(row, ensure_ascii=False, separators=(",", ":")),
+            bound_event=data_proc(ticket.event) if data_proc else ticket.event,
+        )
 
     def insert(self, tickets: Sequence[ImportedTicket], *, actor: str) -> dict[str, int]:
         """Insert a batch and its events in one transaction; returns key -> new ticket id for the rows inserted.
@@ -129,11 +148,7 @@ class SqlImportStore:
     def _insert_sqlite(
         self, driver: Any, tickets: Sequence[ImportedTicket], actor: str, now: datetime
     ) -> dict[str, int]:
-        procs = self._ticket_procs
-        rows = [
-            tuple(v if p is None or v is None else p(v) for p, v in zip(procs, _ticket_values(t), strict=True))
-            for t in tickets
-        ]
+        tickets = [t if t.bound is not None else self.encode(t) for t in tickets]
         cur = driver.cursor()
         try:
             # Each batch dirties index pages all over the file (a hash key, requesters): checkpointing the WAL
@@ -148,9 +163,11 @@ class SqlImportStore:
                 # The whole batch as one JSON array in one statement: SQLite does every row's work (the ticket
                 # and its ~18 index entries) in one call without the GIL, so it overlaps the reading thread. Row
                 # by row (executemany) the GIL was taken back for each row and the two threads ran in turn.
-                cur.execute(INSERT_JSON, (json.dumps(rows, ensure_ascii=False, separators=(",", ":")),))
+                cur.execute(INSERT_JSON, ("[" + ",".join(t.bound for t in tickets if t.bound) + "]",))
             else:
-                cur.executemany(INSERT_ROWS, rows)
+                # Rare (SQLite before 3.38 without the JSON extension): decoding the JSON back costs little
+                # next to binding row by row.
+                cur.executemany(INSERT_ROWS, [json.loads(t.bound) for t in tickets if t.bound])
             inserted = dict(
                 (key, ticket_id)
                 for ticket_id, key in cur.execute("SELECT id, external_key FROM tickets WHERE id > ?", (before,))
@@ -160,12 +177,12 @@ class SqlImportStore:
             if self._search_index and inserted:
                 # The batch's free-text index entries, in one statement (the insert trigger skips imports).
                 cur.execute(search.INDEX_NEWER_THAN, (before,))
-            data_proc, at_proc = self._event_procs[3], self._event_procs[4]
+            at_proc = self._event_procs[4]
             at = at_proc(now) if at_proc else now
             cur.executemany(
                 "INSERT INTO ticket_events (ticket_id, kind, actor, data, at) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (inserted[t.key], EventKind.IMPORTED.value, actor, data_proc(t.event) if data_proc else t.event, at)
+                    (inserted[t.key], EventKind.IMPORTED.value, actor, t.bound_event, at)
                     for t in tickets
                     if t.key in inserted
                 ],

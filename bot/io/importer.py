@@ -80,6 +80,10 @@ class ImportStore(Protocol):
 
     writers: int  # how many batches may be written at once (the database's parallelism)
 
+    def encode(self, ticket: ImportedTicket) -> ImportedTicket:
+        """The ticket made ready to insert, on the reading thread (see ``SqlImportStore.encode``)."""
+        ...
+
     def insert(self, tickets: Sequence[ImportedTicket], *, actor: str) -> dict[str, int]: ...
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]: ...
@@ -544,6 +548,7 @@ class Importer:
             resolved_at=resolved,
             event=event,
         )
+        ticket = self.store.encode(ticket)  # on this (reading) thread, so the writing thread only waits on SQL
         id_text = get("id").lstrip("#")
         return _Pending(source_row, ticket, int(id_text) if id_text.isdigit() and len(id_text) < 12 else None)
 

@@ -231,6 +231,8 @@ def test_sqlite_batch_insert_stores_what_row_by_row_inserts_would(store: SqlStor
     for n, changes in enumerate(variants):
         assert batch.insert([ticket(f"json-{n}", **changes)], actor="t")
         assert rows.insert([ticket(f"rows-{n}", **changes)], actor="t")
+        # Encoded ahead, as the importer does on its reading thread: the same values.
+        assert batch.insert([batch.encode(ticket(f"ahead-{n}", **changes))], actor="t")
     assert batch._json is True
     columns = [c for c in COLUMNS if c != "external_key"]
     typed = ", ".join(f"{c}, typeof({c})" for c in columns)
@@ -242,5 +244,5 @@ def test_sqlite_batch_insert_stores_what_row_by_row_inserts_would(store: SqlStor
         joined = "SELECT t.external_key, e.data FROM ticket_events e JOIN tickets t ON t.id = e.ticket_id"
         events = {key: data for key, data in conn.execute(text(joined))}
     for n in range(len(variants)):
-        assert stored[f"json-{n}"] == stored[f"rows-{n}"]
-        assert events[f"json-{n}"] == events[f"rows-{n}"]
+        assert stored[f"json-{n}"] == stored[f"rows-{n}"] == stored[f"ahead-{n}"]
+        assert events[f"json-{n}"] == events[f"rows-{n}"] == events[f"ahead-{n}"]
