@@ -6,7 +6,9 @@ import difflib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -98,6 +100,38 @@ class Pipeline:
     max_similar_per_hour: int = 5
     clock: Clock = utcnow
     observer: PipelineObserver | None = None
+    # Per thread: the observer calls held back by ``observations_held`` (None when they are not held).
+    _held: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
+
+    @contextmanager
+    def observations_held(self) -> Iterator[None]:
+        """Until the block ends, this thread's observer calls wait: made when it ends normally, dropped when it
+        raises. The worker holds them for a batch transaction, so a batch that fails as a whole and is processed
+        again row by row counts each ticket once, when it is stored. Nested blocks hand theirs to the outer one."""
+        outer: list[tuple[Ticket, Classification]] | None = getattr(self._held, "calls", None)
+        calls: list[tuple[Ticket, Classification]] = []
+        self._held.calls = calls
+        try:
+            yield
+        finally:
+            self._held.calls = outer
+        if outer is not None:
+            outer.extend(calls)
+            return
+        for ticket, classification in calls:
+            self._observe(ticket, classification)
+
+    def _observe(self, ticket: Ticket, classification: Classification) -> None:
+        if self.observer is None:
+            return
+        held: list[tuple[Ticket, Classification]] | None = getattr(self._held, "calls", None)
+        if held is not None:
+            held.append((ticket, classification))
+            return
+        try:
+            self.observer.ticket_opened(ticket, classification)
+        except Exception:  # noqa: BLE001 - the ticket is stored; a broken observer must not fail its message
+            log.exception("the pipeline observer failed for ticket #%d", ticket.id)
 
     def process(self, inbound: StoredInbound, prepared: Prepared | None = None) -> Outcome:
         """Turn one stored inbound message into a ticket or a follow-up; parks what needs a person.
@@ -195,8 +229,7 @@ class Pipeline:
             ticket.confidence * 100,
             ticket.classifier,
         )
-        if self.observer is not None:
-            self.observer.ticket_opened(ticket, classification)
+        self._observe(ticket, classification)
         return Outcome(InboundStatus.PROCESSED, ticket=ticket, created=True)
 
     def thread(self, message: Message) -> Ticket | None:

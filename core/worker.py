@@ -93,13 +93,14 @@ class InboundWorker:
         # Everything prepared first: waiting for the worker processes must not hold the write lock.
         batch = list(zip(rows, ready, strict=False))
         try:
-            with self.store.transaction():
+            # Observer calls (metrics) wait for the commit: a batch that fails is done again below.
+            with self.pipeline.observations_held(), self.store.transaction():
                 for row, prepared in batch:
                     self.process(row, now, prepared)
         except StorageError as exc:
             # The batch's transaction failed as a whole (its commit, a lost connection): none of it is stored, so
             # each row goes again in transactions of its own, where a failure is the row's alone. (A ticket it
-            # opened before the failure was logged, and counted in /metrics, twice.)
+            # opened before the failure was logged twice; the observer, held until the commit, counts it once.)
             log.warning("a batch of %d inbound rows was rolled back (%s); processing them one by one", len(batch), exc)
             # Failures the batch could not record went with it too: the rows are tried again now. (The other
             # thread's entries stay: the list is shared.)
@@ -110,7 +111,8 @@ class InboundWorker:
 
     def process(self, row: StoredInbound, now: datetime, prepared: Prepared | None = None) -> Outcome | None:
         try:
-            with self.store.savepoint():  # inside a shared transaction: this row's writes, undone if it fails
+            # Inside a shared transaction: this row's writes, and its observer calls, undone if it fails.
+            with self.pipeline.observations_held(), self.store.savepoint():
                 return self.pipeline.process(row, prepared)
         except Exception as exc:  # noqa: BLE001 - poison-message isolation: one bad row must not stop the others
             # A storage failure is the database's, not the message's: the attempt does not count towards parking.

@@ -18,7 +18,7 @@ from core.inbound import InboundRecord, InboundStatus, StoredInbound
 from core.message import Channel, Message
 from core.outbox import OutboxKind, OutboxStatus
 from core.pipeline import Pipeline, Prepared, prepare
-from core.ports import TicketFilter
+from core.ports import ComposeReplies, TicketDraft, TicketFilter
 from core.reply import ReplySettings
 from core.route import Router
 from core.ticket import EventKind, Priority, Status, Ticket
@@ -380,14 +380,28 @@ def test_the_worker_uses_prepared_messages_and_prepares_the_rest_itself(sqlite_s
     assert statuses["broken"] == (InboundStatus.PARKED, "malformed: no headers at all")
 
 
-class FailingObserver:
-    """Raises for tickets with a given subject: a failure after the ticket was written, inside its transaction."""
+class FailingAfterWriteStore(SqlStore):
+    """Raises after writing the ticket with a given subject: a failure inside that message's transaction."""
 
-    def __init__(self, subject: str) -> None:
-        self.subject = subject
+    fail_subject = "Request 2"
+
+    def open_ticket(self, inbound_id: int | None, draft: TicketDraft, compose: ComposeReplies) -> Ticket:
+        ticket = super().open_ticket(inbound_id, draft, compose)
+        if ticket.subject == self.fail_subject:
+            raise RuntimeError("store bug")
+        return ticket
+
+
+class CountingObserver:
+    """Records the subject of every ticket it is told about; raises for one subject (a broken observer)."""
+
+    def __init__(self, raise_for: str | None = None) -> None:
+        self.seen: list[str] = []
+        self.raise_for = raise_for
 
     def ticket_opened(self, ticket: Ticket, classification: Classification) -> None:
-        if ticket.subject == self.subject:
+        self.seen.append(ticket.subject)
+        if ticket.subject == self.raise_for:
             raise RuntimeError("observer bug")
 
 
@@ -396,10 +410,11 @@ def queue(store: SqlStore, messages: dict[str, Message]) -> None:
         store.receive(InboundRecord(Channel.EMAIL, key, b"raw", NOW))
 
 
-def test_a_shared_batch_transaction_undoes_only_the_failing_message(store: SqlStore) -> None:
+def test_a_shared_batch_transaction_undoes_only_the_failing_message(engine: Engine) -> None:
+    store = FailingAfterWriteStore(engine)
     messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(4)}
     pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
-    pipeline.observer = FailingObserver("Request 2")
+    pipeline.observer = observer = CountingObserver()
     queue(store, messages)
     worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
     assert worker.run_once(datetime.now(UTC)) == 4
@@ -407,10 +422,25 @@ def test_a_shared_batch_transaction_undoes_only_the_failing_message(store: SqlSt
     assert subjects == ["Request 0", "Request 1", "Request 3"]  # Request 2's ticket was rolled back with it
     rows = {r.dedupe_key: r for r in store.list_inbound(status=None, limit=10)}
     assert (rows["m2"].status, rows["m2"].attempts) == (InboundStatus.RECEIVED, 1)
-    assert "observer bug" in (rows["m2"].last_error or "")
+    assert "store bug" in (rows["m2"].last_error or "")
     assert all(rows[k].status is InboundStatus.PROCESSED for k in ("m0", "m1", "m3"))
     acks = [i for i in store.list_outbox() if i.kind is OutboxKind.EMAIL]
     assert sorted(i.payload["to"] for i in acks) == ["u0@example.com", "u1@example.com", "u3@example.com"]
+    assert sorted(observer.seen) == ["Request 0", "Request 1", "Request 3"]  # the undone ticket was never counted
+
+
+def test_a_broken_observer_neither_undoes_nor_repeats_a_ticket(store: SqlStore) -> None:
+    """The observer must not raise; when it does anyway, the ticket it was told about stays stored and is
+    processed once."""
+    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(3)}
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
+    pipeline.observer = observer = CountingObserver(raise_for="Request 1")
+    queue(store, messages)
+    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    assert worker.run_once(datetime.now(UTC)) == 3
+    assert sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10))) == [f"Request {n}" for n in range(3)]
+    assert all(r.status is InboundStatus.PROCESSED for r in store.list_inbound(status=None, limit=10))
+    assert sorted(observer.seen) == [f"Request {n}" for n in range(3)]
 
 
 class CommitFailingStore(SqlStore):
@@ -441,10 +471,12 @@ def test_a_batch_whose_commit_fails_is_processed_again_row_by_row_and_nothing_tw
     store = CommitFailingStore(engine)
     messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(3)}
     pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
+    pipeline.observer = observer = CountingObserver()
     queue(store, messages)
     worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
     assert worker.run_once(datetime.now(UTC)) == 3
     assert store.failed
+    assert sorted(observer.seen) == [f"Request {n}" for n in range(3)]  # counted once each, when stored
     assert sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10))) == [f"Request {n}" for n in range(3)]
     assert all(r.status is InboundStatus.PROCESSED for r in store.list_inbound(status=None, limit=10))
     acks = [i for i in store.list_outbox() if i.kind is OutboxKind.EMAIL]
