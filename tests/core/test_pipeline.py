@@ -410,13 +410,20 @@ def queue(store: SqlStore, messages: dict[str, Message]) -> None:
         store.receive(InboundRecord(Channel.EMAIL, key, b"raw", NOW))
 
 
+def batch_worker(store: SqlStore, count: int, observer: CountingObserver) -> InboundWorker:
+    """``count`` stored requests ("Request n" from un@example.com) and a worker that writes them in one shared
+    transaction, its pipeline telling ``observer`` about each ticket."""
+    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(count)}
+    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
+    pipeline.observer = observer
+    queue(store, messages)
+    return InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+
+
 def test_a_shared_batch_transaction_undoes_only_the_failing_message(engine: Engine) -> None:
     store = FailingAfterWriteStore(engine)
-    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(4)}
-    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
-    pipeline.observer = observer = CountingObserver()
-    queue(store, messages)
-    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    observer = CountingObserver()
+    worker = batch_worker(store, 4, observer)
     assert worker.run_once(datetime.now(UTC)) == 4
     subjects = sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10)))
     assert subjects == ["Request 0", "Request 1", "Request 3"]  # Request 2's ticket was rolled back with it
@@ -432,11 +439,8 @@ def test_a_shared_batch_transaction_undoes_only_the_failing_message(engine: Engi
 def test_a_broken_observer_neither_undoes_nor_repeats_a_ticket(store: SqlStore) -> None:
     """The observer must not raise; when it does anyway, the ticket it was told about stays stored and is
     processed once."""
-    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(3)}
-    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
-    pipeline.observer = observer = CountingObserver(raise_for="Request 1")
-    queue(store, messages)
-    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    observer = CountingObserver(raise_for="Request 1")
+    worker = batch_worker(store, 3, observer)
     assert worker.run_once(datetime.now(UTC)) == 3
     assert sorted(t.subject for t in store.list_tickets(TicketFilter(limit=10))) == [f"Request {n}" for n in range(3)]
     assert all(r.status is InboundStatus.PROCESSED for r in store.list_inbound(status=None, limit=10))
@@ -469,11 +473,8 @@ class _Abort(Exception):
 
 def test_a_batch_whose_commit_fails_is_processed_again_row_by_row_and_nothing_twice(engine: Engine) -> None:
     store = CommitFailingStore(engine)
-    messages = {f"m{n}": email(f"<m{n}@x>", subject=f"Request {n}", sender=f"u{n}@example.com") for n in range(3)}
-    pipeline = make_pipeline(store, decoders={Channel.EMAIL: decoder_for(messages)})
-    pipeline.observer = observer = CountingObserver()
-    queue(store, messages)
-    worker = InboundWorker(store=store, pipeline=pipeline, batch_size=10, shared_transaction=True)
+    observer = CountingObserver()
+    worker = batch_worker(store, 3, observer)
     assert worker.run_once(datetime.now(UTC)) == 3
     assert store.failed
     assert sorted(observer.seen) == [f"Request {n}" for n in range(3)]  # counted once each, when stored
