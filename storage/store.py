@@ -289,8 +289,9 @@ class SqlStore:
     def finish_inbound(
         self, inbound_id: int, *, status: InboundStatus, reason: str | None = None, ticket_id: int | None = None
     ) -> None:
-        with self._tx() as s:
-            self._finish(s, inbound_id, status=status, reason=reason, ticket_id=ticket_id)
+        # Core, as open_ticket: inside a batch an ORM session would add a savepoint of its own per parked message.
+        with self._conn() as conn:
+            self._finish(conn, inbound_id, status=status, reason=reason, ticket_id=ticket_id)
 
     def _finish(
         self,
