@@ -49,10 +49,9 @@ class ImportedTicket:
     classifier_model: str | None = None
     # The data of the ticket's "imported" event: source, format, row number, what was classified.
     event: dict[str, Any] = field(default_factory=dict)
-    # SQLite: the row's values as the insert binds them (a JSON array) and its event's data, worked out by
+    # SQLite: the row's values as the insert binds them, its event's data last (a JSON array), worked out by
     # ``SqlImportStore.encode`` on the reading thread, so the writing thread only waits on SQLite.
     bound: str | None = None
-    bound_event: Any = None
 
 
 class SqlImportStore:
@@ -96,11 +95,9 @@ class SqlImportStore:
         values = zip(self._ticket_procs, _ticket_values(ticket), strict=True)
         row = [v if p is None or v is None else p(v) for p, v in values]
         data_proc = self._event_procs[3]
-        return replace(
-            ticket,
-            bound=json.dumps(row, ensure_ascii=False, separators=(",", ":")),
-            bound_event=data_proc(ticket.event) if data_proc else ticket.event,
-        )
+        # The event's data as the text the JSON column stores, so the events insert copies it byte for byte.
+        row.append(data_proc(ticket.event) if data_proc else json.dumps(ticket.event))
+        return replace(ticket, bound=json.dumps(row, ensure_ascii=False, separators=(",", ":")))
 
     def insert(self, tickets: Sequence[ImportedTicket], *, actor: str) -> dict[str, int]:
         """Insert a batch and its events in one transaction; returns key -> new ticket id for the rows inserted.
@@ -159,34 +156,42 @@ class SqlImportStore:
             before = cur.execute("SELECT coalesce(max(id), 0) FROM tickets").fetchone()[0]
             if self._json is None:
                 self._json = _has_json(cur)
+            at_proc = self._event_procs[4]
+            at = at_proc(now) if at_proc else now
+            event = (EventKind.IMPORTED.value, actor, at)
             if self._json:
-                # The whole batch as one JSON array in one statement: SQLite does every row's work (the ticket
-                # and its ~18 index entries) in one call without the GIL, so it overlaps the reading thread. Row
-                # by row (executemany) the GIL was taken back for each row and the two threads ran in turn.
-                cur.execute(INSERT_JSON, ("[" + ",".join(t.bound for t in tickets if t.bound) + "]",))
+                # The whole batch as one JSON array, and every statement below one step: SQLite does every row's
+                # work (the ticket and its ~18 index entries, its event) in one call without the GIL, so it
+                # overlaps the reading thread. A statement run or read row by row (executemany, fetchall) takes
+                # the GIL back after each row, and the two threads ran in turn: 1,000 handovers a batch.
+                rows = "[" + ",".join(t.bound for t in tickets if t.bound) + "]"
+                cur.execute(INSERT_JSON, (rows,))
+                found = cur.execute(INSERTED_JSON, (before,)).fetchone()[0]
+                inserted: dict[str, int] = json.loads(found) if found else {}
+                if inserted:
+                    cur.execute(EVENTS_JSON, (*event, rows, before))
             else:
                 # Rare (SQLite before 3.38 without the JSON extension): decoding the JSON back costs little
                 # next to binding row by row.
-                cur.executemany(INSERT_ROWS, [json.loads(t.bound) for t in tickets if t.bound])
-            inserted = dict(
-                (key, ticket_id)
-                for ticket_id, key in cur.execute("SELECT id, external_key FROM tickets WHERE id > ?", (before,))
-            )
+                decoded = {t.key: json.loads(t.bound) for t in tickets if t.bound}
+                cur.executemany(INSERT_ROWS, [row[: len(COLUMNS)] for row in decoded.values()])
+                inserted = dict(
+                    (key, ticket_id)
+                    for ticket_id, key in cur.execute("SELECT id, external_key FROM tickets WHERE id > ?", (before,))
+                )
+                cur.executemany(
+                    "INSERT INTO ticket_events (ticket_id, kind, actor, data, at) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (inserted[key], *event[:2], row[len(COLUMNS)], at)
+                        for key, row in decoded.items()
+                        if key in inserted
+                    ],
+                )
             if self._search_index is None:
                 self._search_index = cur.execute(search.EXISTS).fetchone() is not None
             if self._search_index and inserted:
                 # The batch's free-text index entries, in one statement (the insert trigger skips imports).
                 cur.execute(search.INDEX_NEWER_THAN, (before,))
-            at_proc = self._event_procs[4]
-            at = at_proc(now) if at_proc else now
-            cur.executemany(
-                "INSERT INTO ticket_events (ticket_id, kind, actor, data, at) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (inserted[t.key], EventKind.IMPORTED.value, actor, t.bound_event, at)
-                    for t in tickets
-                    if t.key in inserted
-                ],
-            )
         finally:
             cur.execute("PRAGMA wal_autocheckpoint = 1000")
             cur.close()
@@ -243,6 +248,19 @@ INSERT_JSON = (
     f"INSERT INTO tickets ({', '.join(COLUMNS)}) "
     "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(COLUMNS))) + " "
     "FROM json_each(?) WHERE true ORDER BY key ON CONFLICT (external_key) DO NOTHING"
+)
+
+
+# The batch's new tickets as one JSON object, key -> id: one row to read, not one per ticket.
+INSERTED_JSON = "SELECT json_group_object(external_key, id) FROM tickets WHERE id > ?"
+# Each new ticket's "imported" event, its data from the same JSON array (the last element of each row). The
+# CROSS JOIN keeps the array as the outer loop, so each row finds its ticket through the external_key index;
+# "t.id > ?" leaves out the rows that were already stored (ON CONFLICT skipped them).
+EVENTS_JSON = (
+    "INSERT INTO ticket_events (ticket_id, kind, actor, data, at) "
+    f"SELECT t.id, ?, ?, json_extract(e.value, '$[{len(COLUMNS)}]'), ? "
+    "FROM json_each(?) AS e CROSS JOIN tickets AS t "
+    "WHERE t.external_key = json_extract(e.value, '$[0]') AND t.id > ? ORDER BY e.key"
 )
 
 

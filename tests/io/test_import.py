@@ -163,6 +163,32 @@ def test_batches_commit_and_duplicates_within_a_file_are_skipped(store: SqlStore
     assert len(store.list_tickets(TicketFilter(limit=100))) == 25
 
 
+def test_a_batch_mixing_stored_and_new_rows_gives_each_new_ticket_one_event(
+    store: SqlStore, run_import: RunImport
+) -> None:
+    """The insert skips rows already stored; their tickets keep their one event, and each new ticket gets its own
+    event with its own row's data (on SQLite both come from the batch's one JSON array)."""
+    run_import("external_id,subject,requester\nK2,Two,a@b.c\nK4,Four,a@b.c\n")
+    report = run_import("external_id,subject,requester\n" + "".join(f"K{i},T{i},a@b.c\n" for i in range(1, 6)))
+    assert (report.imported, report.duplicates) == (3, 2)
+    with store.engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT t.subject, e.kind, e.data FROM tickets t JOIN ticket_events e ON e.ticket_id = t.id "
+                "ORDER BY t.id, e.id"
+            )
+        ).all()
+    rows = {subject: (kind, json.loads(data) if isinstance(data, str) else data) for subject, kind, data in found}
+    assert len(found) == len(rows) == 5  # one event each, none repeated for the rows already stored
+    assert {s: (k, d["row"], d["external_id"]) for s, (k, d) in rows.items()} == {
+        "Two": ("imported", 1, "K2"),
+        "Four": ("imported", 2, "K4"),
+        "T1": ("imported", 1, "K1"),
+        "T3": ("imported", 3, "K3"),
+        "T5": ("imported", 5, "K5"),
+    }
+
+
 class RefusingStore(SqlImportStore):
     """The real store, except that the database "refuses" rows whose subject says so (a constraint we lack)."""
 
