@@ -117,7 +117,7 @@ class Sampler:
 def child(step: str, url: str, file: Path, out: Path) -> dict[str, Any]:
     """One step in this (child) process; returns its figures."""
     from bot.io.export import ExportFormat, write_export
-    from bot.io.importer import Importer, ImportOptions, router_for
+    from bot.io.importer import Importer, ImportOptions, quick_handover, router_for
     from bot.io.readers import Format
     from core.config import Config
     from storage.db import make_engine, upgrade
@@ -136,7 +136,7 @@ def child(step: str, url: str, file: Path, out: Path) -> dict[str, Any]:
             extra: dict[str, Any] = {}
         else:
             importer = Importer(store=SqlImportStore(engine), router=router_for(Config()))
-            with file.open("rb") as f:
+            with file.open("rb") as f, quick_handover():  # as `ticketbot import` runs it
                 report = importer.run(f, ImportOptions(format=Format.CSV, source=file.name, actor="bench"))
             rows = report.rows
             extra = {"imported": report.imported, "duplicates": report.duplicates, "bad": report.bad}

@@ -24,6 +24,7 @@ from bot.io.importer import (
     RowError,
     import_classifier,
     parse_mapping,
+    quick_handover,
     router_for,
 )
 from bot.io.readers import DEFAULT_MAX_ROW_BYTES, Format, format_from_name
@@ -98,7 +99,12 @@ def import_(
             router=router_for(config),
             classifier=import_classifier(config) if classify else None,
         )
-        with file.open("rb") as stream, _error_sink(errors_file) as on_error, _progress(file) as progress:
+        with (
+            file.open("rb") as stream,
+            _error_sink(errors_file) as on_error,
+            _progress(file) as progress,
+            quick_handover(),
+        ):
             report = importer.run(stream, options, progress=lambda r: progress(stream.tell(), r), on_error=on_error)
     if as_json:
         dump_json(report.as_dict())

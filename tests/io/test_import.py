@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
 
-from bot.io.importer import Importer, ImportOptions
+from bot.io.importer import HANDOVER_INTERVAL, Importer, ImportOptions, quick_handover
 from bot.io.readers import Format
 from core.errors import StorageError
 from core.message import Channel
@@ -272,3 +273,11 @@ def test_sqlite_batch_insert_stores_what_row_by_row_inserts_would(store: SqlStor
     for n in range(len(variants)):
         assert stored[f"json-{n}"] == stored[f"rows-{n}"] == stored[f"ahead-{n}"]
         assert events[f"json-{n}"] == events[f"rows-{n}"] == events[f"ahead-{n}"]
+
+
+def test_quick_handover_lowers_the_switch_interval_only_while_it_lasts() -> None:
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError), quick_handover():
+        assert sys.getswitchinterval() == pytest.approx(HANDOVER_INTERVAL)
+        raise RuntimeError("an import that fails still gives the interval back")
+    assert sys.getswitchinterval() == before
