@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 from bot.api.deps import ApiContext
 from bot.api.errors import install_error_handlers
 from bot.api.schemas import ErrorBody
+from bot.http import NO_TELEMETRY
 
 PREFIX = "/api/v1"
 
@@ -50,6 +51,7 @@ def create_api_app(context: ApiContext) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        telemetry=NO_TELEMETRY,
     )
     app.state.api = context
     install_error_handlers(app)
