@@ -90,14 +90,16 @@ class SqlImportStore:
         """``ticket`` with its values converted as the insert will bind them (SQLite; PostgreSQL's COPY converts
         as it writes). The importer calls this on the thread that reads the file: the conversion is Python, and on
         the writing thread it held the GIL while SQLite could have been inserting."""
-        if self._pg:
-            return ticket
+        return ticket if self._pg else replace(ticket, bound=self._bound(ticket))
+
+    def _bound(self, ticket: ImportedTicket) -> str:
+        """The JSON array ``encode`` stores in ``bound``."""
         values = zip(self._ticket_procs, _ticket_values(ticket), strict=True)
         row = [v if p is None or v is None else p(v) for p, v in values]
         data_proc = self._event_procs[3]
         # The event's data as the text the JSON column stores, so the events insert copies it byte for byte.
         row.append(data_proc(ticket.event) if data_proc else json.dumps(ticket.event))
-        return replace(ticket, bound=json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
     def insert(self, tickets: Sequence[ImportedTicket], *, actor: str) -> dict[str, int]:
         """Insert a batch and its events in one transaction; returns key -> new ticket id for the rows inserted.
@@ -145,7 +147,7 @@ class SqlImportStore:
     def _insert_sqlite(
         self, driver: Any, tickets: Sequence[ImportedTicket], actor: str, now: datetime
     ) -> dict[str, int]:
-        tickets = [t if t.bound is not None else self.encode(t) for t in tickets]
+        bound = [t.bound if t.bound is not None else self._bound(t) for t in tickets]
         cur = driver.cursor()
         try:
             # Each batch dirties index pages all over the file (a hash key, requesters): checkpointing the WAL
@@ -158,22 +160,22 @@ class SqlImportStore:
                 self._json = _has_json(cur)
             at_proc = self._event_procs[4]
             at = at_proc(now) if at_proc else now
-            event = (EventKind.IMPORTED.value, actor, at)
+            kind = EventKind.IMPORTED.value
             if self._json:
                 # The whole batch as one JSON array, and every statement below one step: SQLite does every row's
                 # work (the ticket and its ~18 index entries, its event) in one call without the GIL, so it
                 # overlaps the reading thread. A statement run or read row by row (executemany, fetchall) takes
                 # the GIL back after each row, and the two threads ran in turn: 1,000 handovers a batch.
-                rows = "[" + ",".join(t.bound for t in tickets if t.bound) + "]"
+                rows = "[" + ",".join(bound) + "]"
                 cur.execute(INSERT_JSON, (rows,))
                 found = cur.execute(INSERTED_JSON, (before,)).fetchone()[0]
                 inserted: dict[str, int] = json.loads(found) if found else {}
                 if inserted:
-                    cur.execute(EVENTS_JSON, (*event, rows, before))
+                    cur.execute(EVENTS_JSON, (kind, actor, at, rows, before))
             else:
                 # Rare (SQLite before 3.38 without the JSON extension): decoding the JSON back costs little
                 # next to binding row by row.
-                decoded = {t.key: json.loads(t.bound) for t in tickets if t.bound}
+                decoded = {t.key: json.loads(row) for t, row in zip(tickets, bound, strict=True)}
                 cur.executemany(INSERT_ROWS, [row[: len(COLUMNS)] for row in decoded.values()])
                 inserted = dict(
                     (key, ticket_id)
@@ -182,7 +184,7 @@ class SqlImportStore:
                 cur.executemany(
                     "INSERT INTO ticket_events (ticket_id, kind, actor, data, at) VALUES (?, ?, ?, ?, ?)",
                     [
-                        (inserted[key], *event[:2], row[len(COLUMNS)], at)
+                        (inserted[key], kind, actor, row[len(COLUMNS)], at)
                         for key, row in decoded.items()
                         if key in inserted
                     ],
