@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InvalidatePoolError, SQLAlchemyError
 
 from core.errors import ConfigError, StorageError
 
@@ -52,14 +54,51 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, schema: str
     if schema:
         options.append(f"-csearch_path={schema}")
     connect_args: dict[str, Any] = {"connect_timeout": 5, "options": " ".join(options)}
-    return create_engine(
-        parsed,
-        echo=echo,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        connect_args=connect_args,
-    )
+    engine = create_engine(parsed, echo=echo, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args)
+    _check_on_checkout(engine)
+    return engine
+
+
+# A pooled connection returned less than this long ago, with nothing waiting on its socket, is taken as alive
+# without a ping. SQLAlchemy's pool_pre_ping asks the server on every checkout: a roundtrip, two for a ticket
+# created through the API, which does ten in all. A server that restarts or ends the session sends a message and
+# closes the socket, which the pending-input check sees at once; only a connection that may have died silently (a
+# firewall forgetting an idle flow, which takes minutes) needs the roundtrip.
+PING_AFTER_IDLE = 5.0
+_CHECKED_IN = "ticketbot_checked_in"
+
+
+def _check_on_checkout(engine: Engine) -> None:
+    """Pre-ping, skipped for connections in constant use: see ``PING_AFTER_IDLE``."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_CHECKED_IN)
+        # ``info`` is emptied when a connection is replaced: no mark means connected just now, for this checkout.
+        if last is None or (time.monotonic() - last < PING_AFTER_IDLE and not has_input(dbapi_connection)):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            if dialect.is_disconnect(exc, dbapi_connection, None):
+                # As pool_pre_ping does: one dead connection means the server went away, so every connection
+                # pooled before now is replaced, and the pool checks out a new one for this caller.
+                raise InvalidatePoolError(f"connection lost while idle: {exc}") from exc
+            raise
+
+    def has_input(dbapi_connection: Any) -> bool:
+        """Whether the server sent anything to this idle connection (a termination notice, or end of stream)."""
+        poller = select.poll()  # not select.select, which refuses descriptors above 1023
+        try:
+            poller.register(dbapi_connection.fileno(), select.POLLIN)
+        except (OSError, ValueError, dialect.loaded_dbapi.Error):  # closed already: let the ping decide
+            return True
+        return bool(poller.poll(0))
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
