@@ -10,7 +10,22 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +49,8 @@ from storage.tables import (
 )
 
 log = logging.getLogger(__name__)
+# What every new ticket's history starts with, in this order.
+OPENING_EVENTS = (EventKind.CREATED, EventKind.CLASSIFIED, EventKind.ROUTED)
 
 
 def _now() -> datetime:
@@ -80,6 +97,7 @@ class SqlStore:
         self._q_new_ticket = (
             self._insert(tickets).on_conflict_do_nothing(index_elements=[tickets.c.inbound_id]).returning(tickets.c.id)
         )
+        self._q_open_ticket = self._open_ticket_statement() if self._pg else None
         self._q_touch_ticket = update(tickets).where(tickets.c.id == bindparam("ticket_id"))
         refs = tables["message_refs"]
         self._q_find_refs = select(refs.c.message_id, refs.c.ticket_id).where(
@@ -99,6 +117,63 @@ class SqlStore:
             .limit(bindparam("limit"))
         )
         self._q_outbox = self._insert(outbox).on_conflict_do_nothing().returning(outbox.c.id)
+
+    def _open_ticket_statement(self) -> Any:
+        """PostgreSQL: ``open_ticket``'s ticket, its three events and its request marked processed, in one statement.
+
+        Two roundtrips fewer for every ticket: one created through the API makes four instead of six. When the
+        request has its ticket already, the insert yields no row and nothing else is written.
+        """
+        tables = InboundRow.metadata.tables
+        tickets, events, inbound = tables["tickets"], tables["ticket_events"], tables["inbound_messages"]
+        # Every parameter is prefixed: an UPDATE also sets each column named like a parameter it is given, and the
+        # ticket's "channel" and "status" are columns of inbound_messages too.
+        columns = {
+            c.key: bindparam(f"ticket_{c.key}", type_=c.type) for c in tickets.c if c.key not in ("id", "external_key")
+        }
+        ticket = (
+            postgresql.insert(tickets)
+            .values(columns)
+            .on_conflict_do_nothing(index_elements=[tickets.c.inbound_id])
+            .returning(tickets.c.id)
+            .cte("new_ticket")
+        )
+        rows = union_all(
+            *(
+                select(
+                    literal_column(str(n)).label("n"),
+                    bindparam(f"event_kind_{n}", type_=events.c.kind.type).label("kind"),
+                    bindparam(f"event_actor_{n}", type_=events.c.actor.type).label("actor"),
+                    bindparam(f"event_data_{n}", type_=events.c.data.type).label("data"),
+                )
+                for n in range(len(OPENING_EVENTS))
+            )
+        ).subquery("event_rows")
+        # Ordered, so the events' ids (the order a ticket's history is read in) follow OPENING_EVENTS.
+        added = insert(events).from_select(
+            ["ticket_id", "kind", "actor", "data", "at"],
+            select(
+                ticket.c.id,
+                rows.c.kind,
+                rows.c.actor,
+                rows.c.data,
+                bindparam("ticket_created_at", type_=events.c.at.type),
+            )
+            .select_from(ticket.join(rows, true()))
+            .order_by(rows.c.n),
+        )
+        finished = (
+            update(inbound)
+            .where(inbound.c.id == bindparam("ticket_inbound_id"), select(ticket.c.id).exists())
+            .values(
+                status=InboundStatus.PROCESSED.value,
+                last_error=null(),
+                ticket_id=select(ticket.c.id).scalar_subquery(),
+                locked_until=null(),
+                updated_at=bindparam("ticket_created_at"),
+            )
+        )
+        return select(ticket.c.id).add_cte(added.cte("added_events")).add_cte(finished.cte("finished_inbound"))
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -403,9 +478,6 @@ class SqlStore:
                 "first_action_at": None,
                 "resolved_at": None,
             }
-            ticket_id = conn.execute(self._q_new_ticket, values).scalar_one_or_none()
-            if ticket_id is None:  # this request has its ticket already (see _q_new_ticket)
-                return self._ticket(conn.execute(self._q_ticket_of_inbound, {"inbound_id": inbound_id}).one())
             classified = {
                 "department": c.department,
                 "priority": c.priority.value,
@@ -418,20 +490,34 @@ class SqlStore:
             }
             routed = {"to": draft.route.department, "triaged": draft.route.triaged, "reason": draft.route.reason}
             created = {"channel": draft.channel.value}
-            # One executemany for the three events.
-            conn.execute(
-                self._q_event,
-                [
-                    self._event_values(ticket_id, EventKind.CREATED, draft.requester, now, created),
-                    self._event_values(ticket_id, EventKind.CLASSIFIED, f"classifier:{c.classifier}", now, classified),
-                    self._event_values(ticket_id, EventKind.ROUTED, "router", now, routed),
-                ],
-            )
+            # The events' data, in OPENING_EVENTS order.
+            opening: list[tuple[str, dict[str, Any]]] = [
+                (draft.requester, created),
+                (f"classifier:{c.classifier}", classified),
+                ("router", routed),
+            ]
+            if self._q_open_ticket is not None:  # PostgreSQL: ticket, events and request done in one statement
+                params = {f"ticket_{key}": value for key, value in values.items()}
+                for n, (kind, (actor, data)) in enumerate(zip(OPENING_EVENTS, opening, strict=True)):
+                    params |= {f"event_kind_{n}": kind.value, f"event_actor_{n}": actor[:320], f"event_data_{n}": data}
+                ticket_id = conn.execute(self._q_open_ticket, params).scalar_one_or_none()
+            else:
+                ticket_id = conn.execute(self._q_new_ticket, values).scalar_one_or_none()
+            if ticket_id is None:  # this request has its ticket already (see _q_new_ticket)
+                return self._ticket(conn.execute(self._q_ticket_of_inbound, {"inbound_id": inbound_id}).one())
+            if self._q_open_ticket is None:
+                conn.execute(  # one executemany for the three events
+                    self._q_event,
+                    [
+                        self._event_values(ticket_id, kind, actor, now, data)
+                        for kind, (actor, data) in zip(OPENING_EVENTS, opening, strict=True)
+                    ],
+                )
+                if inbound_id is not None:
+                    self._finish(conn, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
             ticket = self._ticket_from_values(ticket_id, values)
             refs = self._queue(conn, compose(ticket), now)
             self._add_refs(conn, [*self._refs(draft.message_refs, ticket_id, "in", now), *refs])
-            if inbound_id is not None:
-                self._finish(conn, inbound_id, status=InboundStatus.PROCESSED, reason=None, ticket_id=ticket_id)
             return ticket
 
     def add_comment(

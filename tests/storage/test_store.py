@@ -124,10 +124,14 @@ def test_open_ticket_records_events_refs_and_finishes_the_inbound_row(store: Sql
     ticket = store.open_ticket(received.id, draft(refs=("<orig@mail>",)), no_replies)
     assert ticket.id >= 1 and ticket.status is Status.NEW and ticket.department == "IT Support"
     assert ticket.created_at.tzinfo is not None
-    kinds = [e.kind for e in store.ticket_events(ticket.id)]
-    assert kinds == [EventKind.CREATED, EventKind.CLASSIFIED, EventKind.ROUTED]
+    events = store.ticket_events(ticket.id)
+    assert [e.kind for e in events] == [EventKind.CREATED, EventKind.CLASSIFIED, EventKind.ROUTED]
+    assert [e.actor for e in events] == [ticket.requester, f"classifier:{ticket.classifier}", "router"]
+    assert events[0].data == {"channel": ticket.channel.value} and events[1].data["department"] == "IT Support"
+    assert all(e.at == ticket.created_at for e in events)
     row = store.get_inbound(received.id)
     assert row is not None and row.status is InboundStatus.PROCESSED and row.ticket_id == ticket.id
+    assert row.last_error is None
     assert store.find_ticket_by_refs(["<unknown@x>", "<orig@mail>"]) == ticket.id
 
 
@@ -137,6 +141,7 @@ def test_open_ticket_twice_for_one_inbound_row_makes_one_ticket(store: SqlStore)
     second = store.open_ticket(received.id, draft(), no_replies)
     assert first.id == second.id
     assert len(store.list_tickets(TicketFilter())) == 1
+    assert len(store.ticket_events(first.id)) == 3  # the second call wrote nothing
 
 
 def test_outbox_items_are_enqueued_with_the_ticket_and_deduplicated(store: SqlStore) -> None:
