@@ -115,7 +115,9 @@ class TicketRow(Base):
             postgresql_where=text(OPEN_TICKETS),
         ),
         # GET /api/v1/tickets lists newest first (created_at, id): each filter has an index in that order.
-        Index("ix_tickets_status_created_at", "status", "created_at"),
+        # Status with id too (migration 0009): the newest tickets are mostly open, and without the whole list order
+        # PostgreSQL scanned every recent ticket newest first to find a few waiting or resolved ones.
+        Index("ix_tickets_status_created_at_id", "status", "created_at", "id"),
         Index("ix_tickets_priority_created_at", "priority", "created_at"),
         Index("ix_tickets_channel_created_at", "channel", "created_at"),
         Index("ix_tickets_requester_created_at", "requester", "created_at"),
