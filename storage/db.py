@@ -60,10 +60,11 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, schema: str
 
 
 # A pooled connection returned less than this long ago, with nothing waiting on its socket, is taken as alive
-# without a ping. SQLAlchemy's pool_pre_ping asks the server on every checkout: a roundtrip, two for a ticket
-# created through the API, which does ten in all. A server that restarts or ends the session sends a message and
-# closes the socket, which the pending-input check sees at once; only a connection that may have died silently (a
-# firewall forgetting an idle flow, which takes minutes) needs the roundtrip.
+# without a ping. SQLAlchemy's pool_pre_ping asks the server on every checkout: a roundtrip each time, and a ticket
+# created through the API checks out twice (docs/api.md, "Fewer roundtrips per create"). A server that restarts or
+# ends the session sends a message and closes the socket, which the pending-input check sees at once; only a
+# connection that may have died silently (a firewall forgetting an idle flow, which takes minutes) needs the
+# roundtrip.
 PING_AFTER_IDLE = 5.0
 _CHECKED_IN = "ticketbot_checked_in"
 
